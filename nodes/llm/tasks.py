@@ -1,0 +1,101 @@
+"""The tasks agents ask models to do, and how a task becomes chat messages.
+
+A request is two messages: the agent's system prompt (``nodes/prompts/<task>.md`` plus,
+for structured tasks, the JSON schema of the answer) and a human message whose first
+line is ``Task: <name>`` followed by the task input as a fenced JSON block. Any chat
+model can answer it; the offline model reads the same two parts back with
+:func:`parse_request`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from pydantic import BaseModel
+
+from nodes import schemas
+from nodes.schemas import Agent
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: which agent does it, what it is given, what it must answer.
+
+    ``output`` is ``None`` for prose tasks, whose answer is plain text.
+    """
+
+    name: str
+    agent: Agent
+    input: type[BaseModel]
+    output: type[BaseModel] | None
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("story_plan", "director", schemas.StoryPlanInput, schemas.StoryPlan),
+        TaskSpec("chapter_beats", "director", schemas.BeatsInput, schemas.ChapterBeats),
+        TaskSpec("world_seed", "worldsmith", schemas.WorldSeedInput, schemas.WorldSeed),
+        TaskSpec("chapter_changes", "worldsmith", schemas.ChangesInput, schemas.ChapterChanges),
+        TaskSpec("chapter_draft", "writer", schemas.DraftInput, None),
+        TaskSpec("chapter_review", "reviewer", schemas.ReviewInput, schemas.Verdict),
+    )
+}
+
+_TASK_LINE = re.compile(r"^Task: (?P<task>[a-z_]+)\s*$", re.MULTILINE)
+_JSON_BLOCK = re.compile(r"```json\n(?P<body>.*?)\n```", re.DOTALL)
+
+
+@cache
+def system_prompt(task: str) -> str:
+    """The task's system prompt, read once from ``nodes/prompts``."""
+    return resources.files("nodes.prompts").joinpath(f"{task}.md").read_text(encoding="utf-8")
+
+
+def render_messages(task: str, inputs: BaseModel) -> list[BaseMessage]:
+    """The chat messages for one request of ``task`` with ``inputs``."""
+    spec = TASKS[task]
+    system = system_prompt(task)
+    if spec.output is not None:
+        schema = json.dumps(spec.output.model_json_schema(), separators=(",", ":"))
+        system += (
+            "\n\nAnswer with one JSON object and nothing else. It must validate against "
+            f"this JSON schema:\n{schema}"
+        )
+    body = inputs.model_dump_json(indent=2, exclude_none=True)
+    return [SystemMessage(system), HumanMessage(f"Task: {task}\n\nInput:\n```json\n{body}\n```")]
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A request read back from messages: the task name and its raw input."""
+
+    task: str
+    inputs: dict[str, Any]
+    repair: str | None
+    """The repair instruction, when the last message asks to fix a malformed answer."""
+
+
+def parse_request(messages: list[BaseMessage]) -> ParsedRequest | None:
+    """Find the task and its input in messages built by :func:`render_messages`."""
+    for message in messages:
+        if not isinstance(message, HumanMessage) or not isinstance(message.content, str):
+            continue
+        task = _TASK_LINE.search(message.content)
+        block = _JSON_BLOCK.search(message.content)
+        if task and block:
+            last = messages[-1]
+            repair = (
+                last.content
+                if last is not message and isinstance(last, HumanMessage)
+                and isinstance(last.content, str)
+                else None
+            )
+            return ParsedRequest(task.group("task"), json.loads(block.group("body")), repair)
+    return None

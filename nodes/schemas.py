@@ -1,0 +1,356 @@
+"""Pydantic models for what each agent is given (``*Input``) and must answer.
+
+These are the LLM edge of the system: inputs are rendered as JSON into the prompt and
+outputs are validated against these models (one repair attempt on failure). Names of
+characters, places and set-ups are plain strings as the model writes them; nodes map
+them to world-memory keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Agent = Literal["director", "worldsmith", "writer", "reviewer"]
+AGENTS: tuple[Agent, ...] = ("director", "worldsmith", "writer", "reviewer")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+# --- director: story plan -------------------------------------------------------------
+
+
+class StoryBible(_Model):
+    """The book's identity, fixed before the first chapter."""
+
+    title: str = Field(min_length=1, max_length=200)
+    logline: str = Field(min_length=1, max_length=600)
+    genre: str = Field(min_length=1, max_length=80)
+    tone: str = Field(min_length=1, max_length=200)
+    point_of_view: str = Field(min_length=1, max_length=120)
+    themes: list[str] = Field(min_length=1, max_length=8)
+
+
+class ChapterOutline(_Model):
+    """One chapter of the outline."""
+
+    number: int = Field(ge=1)
+    title: str = Field(min_length=1, max_length=200)
+    summary: str = Field(min_length=1, max_length=1200)
+
+
+class StoryPlanInput(_Model):
+    """Director task ``story_plan``."""
+
+    premise: str
+    chapters: int
+    genre: str | None = None
+    notes: str | None = None
+    """Author's revision notes on a previous plan, if any."""
+    previous_outline: list[ChapterOutline] | None = None
+
+
+class StoryPlan(_Model):
+    """Director answer: bible and outline (exactly ``chapters`` entries, numbered 1..n)."""
+
+    bible: StoryBible
+    outline: list[ChapterOutline] = Field(min_length=1)
+
+
+# --- worldsmith: world seed ----------------------------------------------------------
+
+
+class CharacterSeed(_Model):
+    """A character of the seeded world."""
+
+    name: str = Field(min_length=1, max_length=120)
+    aliases: list[str] = Field(default_factory=list)
+    role: str = Field(default="", max_length=120)
+    description: str = Field(default="", max_length=800)
+    fixed: dict[str, str] = Field(default_factory=dict)
+    """Attributes that never change, e.g. {"species": "human", "eye_colour": "grey"}."""
+    mutable: dict[str, str] = Field(default_factory=dict)
+    """Attributes that may change, e.g. {"status": "alive", "occupation": "smuggler"}."""
+    location: str | None = None
+    """Name of the location where the character starts."""
+    faction: str | None = None
+
+
+class PlaceSeed(_Model):
+    """A location, faction, item or rule of the seeded world."""
+
+    name: str = Field(min_length=1, max_length=120)
+    aliases: list[str] = Field(default_factory=list)
+    description: str = Field(default="", max_length=800)
+    fixed: dict[str, str] = Field(default_factory=dict)
+
+
+class RelationSeed(_Model):
+    """A relationship between two named entities, e.g. ("Mara", "sibling_of", "Tobin")."""
+
+    subject: str
+    type: str = Field(pattern=r"^[a-z][a-z_]{1,40}$")
+    object: str
+
+
+class SetupSeed(_Model):
+    """A foreshadowing set-up with the chapters where it is planted and paid off."""
+
+    key: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,60}$")
+    description: str = Field(min_length=1, max_length=400)
+    plant_chapter: int = Field(ge=1)
+    payoff_chapter: int = Field(ge=1)
+    entities: list[str] = Field(default_factory=list)
+
+
+class WorldSeedInput(_Model):
+    """Worldsmith task ``world_seed``."""
+
+    premise: str
+    bible: StoryBible
+    outline: list[ChapterOutline]
+
+
+class WorldSeed(_Model):
+    """Worldsmith answer: the world before chapter 1."""
+
+    characters: list[CharacterSeed] = Field(min_length=1)
+    locations: list[PlaceSeed] = Field(min_length=1)
+    factions: list[PlaceSeed] = Field(default_factory=list)
+    items: list[PlaceSeed] = Field(default_factory=list)
+    rules: list[PlaceSeed] = Field(default_factory=list)
+    relationships: list[RelationSeed] = Field(default_factory=list)
+    setups: list[SetupSeed] = Field(default_factory=list)
+
+
+# --- shared world brief ---------------------------------------------------------------
+
+
+class CharacterBrief(_Model):
+    """A character as the world stands at a chapter."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    description: str = ""
+    attributes: dict[str, str] = Field(default_factory=dict)
+    location: str | None = None
+    relations: list[str] = Field(default_factory=list)
+    """Readable relations, e.g. "sibling_of Tobin Venn"."""
+
+
+class PlaceBrief(_Model):
+    """A location (or faction, item, rule) as the world stands at a chapter."""
+
+    name: str
+    kind: str
+    description: str = ""
+
+
+class SetupBrief(_Model):
+    """An open set-up."""
+
+    key: str
+    description: str
+    plant_chapter: int
+    payoff_chapter: int
+
+
+class WorldBrief(_Model):
+    """The world at a chapter, condensed for a prompt."""
+
+    chapter: int
+    characters: list[CharacterBrief] = Field(default_factory=list)
+    places: list[PlaceBrief] = Field(default_factory=list)
+    open_setups: list[SetupBrief] = Field(default_factory=list)
+
+
+# --- director: chapter beats ----------------------------------------------------------
+
+
+class Beat(_Model):
+    """One step of a chapter."""
+
+    summary: str = Field(min_length=1, max_length=600)
+    characters: list[str] = Field(default_factory=list)
+    location: str | None = None
+
+
+class PlannedEvent(_Model):
+    """A change the chapter is meant to make to the world."""
+
+    kind: Literal["move", "learn", "death", "meet", "reveal"]
+    character: str
+    target: str = ""
+    """Destination (move), what is learned/revealed, or whom they meet."""
+
+
+class BeatsInput(_Model):
+    """Director task ``chapter_beats``."""
+
+    chapter: int
+    chapters: int
+    bible: StoryBible
+    outline: ChapterOutline
+    next_outline: ChapterOutline | None = None
+    recent_summaries: list[str] = Field(default_factory=list)
+    world: WorldBrief
+
+
+class ChapterBeats(_Model):
+    """Director answer: the plan of one chapter."""
+
+    chapter: int = Field(ge=1)
+    title: str = Field(min_length=1, max_length=200)
+    pov: str = Field(min_length=1)
+    location: str = Field(min_length=1)
+    characters: list[str] = Field(min_length=1)
+    beats: list[Beat] = Field(min_length=1, max_length=12)
+    plant: list[str] = Field(default_factory=list)
+    """Keys of set-ups planted in this chapter."""
+    payoff: list[str] = Field(default_factory=list)
+    """Keys of set-ups paid off in this chapter."""
+    events: list[PlannedEvent] = Field(default_factory=list)
+
+
+# --- writer ---------------------------------------------------------------------------
+
+
+class RetrievedPassage(_Model):
+    """An earlier passage offered to the writer for continuity."""
+
+    chapter: int
+    text: str
+
+
+class ReviewIssue(_Model):
+    """A problem found by the reviewer, quoting the draft verbatim."""
+
+    severity: Literal["minor", "major"]
+    category: Literal["prose", "coherence", "pacing", "character", "consistency", "beats"]
+    quote: str = Field(min_length=1, max_length=600)
+    problem: str = Field(min_length=1, max_length=600)
+    suggestion: str = Field(default="", max_length=600)
+
+
+class DraftInput(_Model):
+    """Writer task ``chapter_draft``; the answer is the chapter's prose (no heading)."""
+
+    chapter: int
+    title: str
+    bible: StoryBible
+    beats: ChapterBeats
+    world: WorldBrief
+    passages: list[RetrievedPassage] = Field(default_factory=list)
+    previous_summary: str | None = None
+    target_words: int = 900
+    revision: int = 0
+    previous_draft: str | None = None
+    issues: list[ReviewIssue] = Field(default_factory=list)
+    notes: str | None = None
+    """Author's notes for this revision, if any."""
+
+
+# --- reviewer -------------------------------------------------------------------------
+
+
+class Scores(_Model):
+    """Scores from 1 (poor) to 10 (excellent)."""
+
+    prose: int = Field(ge=1, le=10)
+    coherence: int = Field(ge=1, le=10)
+    pacing: int = Field(ge=1, le=10)
+    character: int = Field(ge=1, le=10)
+    consistency: int = Field(ge=1, le=10)
+
+    def lowest(self) -> int:
+        """The weakest score, which decides acceptance."""
+        return min(self.prose, self.coherence, self.pacing, self.character, self.consistency)
+
+
+class ReviewInput(_Model):
+    """Reviewer task ``chapter_review``."""
+
+    chapter: int
+    beats: ChapterBeats
+    draft: str
+    world: WorldBrief
+    revision: int
+    findings: list[ReviewIssue] = Field(default_factory=list)
+    """Deterministic consistency findings computed before the review."""
+
+
+class Verdict(_Model):
+    """Reviewer answer. Every issue's ``quote`` must occur verbatim in the draft."""
+
+    scores: Scores
+    issues: list[ReviewIssue] = Field(default_factory=list, max_length=20)
+    summary: str = Field(min_length=1, max_length=1200)
+
+
+# --- worldsmith: chapter changes ------------------------------------------------------
+
+
+class NewEntity(_Model):
+    """An entity that first appears in the chapter."""
+
+    name: str = Field(min_length=1, max_length=120)
+    kind: Literal["character", "location", "faction", "item", "rule", "event"]
+    description: str = Field(default="", max_length=800)
+    aliases: list[str] = Field(default_factory=list)
+
+
+class Move(_Model):
+    """A character who ends the chapter somewhere else."""
+
+    character: str
+    location: str
+
+
+class Learned(_Model):
+    """Something a character learns in the chapter."""
+
+    character: str
+    fact: str = Field(min_length=1, max_length=400)
+
+
+class AttributeChange(_Model):
+    """A mutable attribute that changes in the chapter."""
+
+    entity: str
+    attribute: str = Field(pattern=r"^[a-z][a-z_]{0,40}$")
+    value: str = Field(min_length=1, max_length=200)
+
+
+class RelationChange(_Model):
+    """A relationship that starts (or, with ``ended``, stops) in the chapter."""
+
+    subject: str
+    type: str = Field(pattern=r"^[a-z][a-z_]{1,40}$")
+    object: str
+    ended: bool = False
+
+
+class ChangesInput(_Model):
+    """Worldsmith task ``chapter_changes``."""
+
+    chapter: int
+    beats: ChapterBeats
+    text: str
+    world: WorldBrief
+
+
+class ChapterChanges(_Model):
+    """Worldsmith answer: what the accepted chapter changed in the world."""
+
+    summary: str = Field(min_length=1, max_length=800)
+    new_entities: list[NewEntity] = Field(default_factory=list)
+    moves: list[Move] = Field(default_factory=list)
+    learned: list[Learned] = Field(default_factory=list)
+    deaths: list[str] = Field(default_factory=list)
+    attributes: list[AttributeChange] = Field(default_factory=list)
+    relationships: list[RelationChange] = Field(default_factory=list)
+    paid_off: list[str] = Field(default_factory=list)
+    planted: list[str] = Field(default_factory=list)

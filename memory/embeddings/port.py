@@ -19,3 +19,6 @@ class Embedder(ABC):
     @abstractmethod
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, in order."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most embedders hold nothing
+        """Release clients; a no-op unless the embedder holds one."""

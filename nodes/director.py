@@ -1,0 +1,116 @@
+"""The director: plans the book (bible and outline) and each chapter's beats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graphs.state import NovelState
+from nodes.common import novel_id_of, progress
+from nodes.context import ScribeContext
+from nodes.schemas import (
+    BeatsInput,
+    ChapterBeats,
+    ChapterOutline,
+    StoryBible,
+    StoryPlan,
+    StoryPlanInput,
+)
+from nodes.world_view import world_brief
+
+
+def outline_problems(plan: StoryPlan, chapters: int) -> list[str]:
+    """Domain checks on a plan that a schema cannot express."""
+    numbers = [c.number for c in plan.outline]
+    if numbers != list(range(1, chapters + 1)):
+        return [
+            f"outline must have exactly {chapters} chapters numbered 1..{chapters}, got {numbers}"
+        ]
+    return []
+
+
+def beats_problems(
+    beats: ChapterBeats, chapter: int, living: set[str], setups: set[str]
+) -> list[str]:
+    """Beats must be for this chapter, use living characters and known set-up keys."""
+    problems: list[str] = []
+    if beats.chapter != chapter:
+        problems.append(f"chapter must be {chapter}, got {beats.chapter}")
+    if living:
+        for name in {beats.pov, *beats.characters}:
+            if name.strip().lower() not in living:
+                problems.append(f"{name!r} is not a living character of the world")
+    unknown = [k for k in (*beats.plant, *beats.payoff) if k not in setups]
+    if unknown:
+        problems.append(f"unknown set-up keys {unknown}; use keys from open_setups")
+    return problems
+
+
+async def director_plan(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
+    """Write the story bible and the chapter outline (again, with the author's notes)."""
+    ctx = runtime.context
+    novel_id = novel_id_of(state)
+    chapters = state["chapters"]
+    notes = state.get("plan_notes")
+    progress(runtime, "director", "planning", revising=notes is not None)
+    previous = [ChapterOutline(**c) for c in state.get("outline", [])] or None
+    plan = await ctx.models.structured(
+        "story_plan",
+        StoryPlanInput(
+            premise=state["premise"],
+            chapters=chapters,
+            genre=state.get("genre"),
+            notes=notes,
+            previous_outline=previous if notes else None,
+        ),
+        StoryPlan,
+        check=lambda p: outline_problems(p, chapters),
+    )
+    await ctx.store.update_novel(novel_id, title=plan.bible.title)
+    progress(runtime, "director", "planned", title=plan.bible.title)
+    return {
+        "bible": plan.bible.model_dump(),
+        "outline": [c.model_dump() for c in plan.outline],
+        "plan_notes": None,
+        "outline_gate": None,
+    }
+
+
+async def director_beats(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
+    """Plan the current chapter: who, where, what happens, which set-ups move."""
+    ctx = runtime.context
+    novel_id = novel_id_of(state)
+    chapter = state["chapter"]
+    outline = [ChapterOutline(**c) for c in state["outline"]]
+    progress(runtime, "director", "beats", chapter=chapter)
+    snapshot = await ctx.world.world_as_of(novel_id, chapter)
+    brief = world_brief(snapshot, include_dead=False)
+    living: set[str] = set()
+    for character in brief.characters:
+        living.add(character.name.lower())
+        living.update(alias.lower() for alias in character.aliases)
+    setups = {s.key for s in brief.open_setups}
+    beats = await ctx.models.structured(
+        "chapter_beats",
+        BeatsInput(
+            chapter=chapter,
+            chapters=state["chapters"],
+            bible=StoryBible(**state["bible"]),
+            outline=outline[chapter - 1],
+            next_outline=outline[chapter] if chapter < len(outline) else None,
+            recent_summaries=state.get("recent_summaries", []),
+            world=brief,
+        ),
+        ChapterBeats,
+        check=lambda b: beats_problems(b, chapter, living, setups),
+    )
+    return {
+        "beats": beats.model_dump(),
+        "draft_id": None,
+        "drafts": 0,
+        "revision": 0,
+        "verdict": None,
+        "notes": None,
+        "chapter_gate": None,
+    }

@@ -1,0 +1,92 @@
+"""The reviewer: judges a draft and decides, by fixed rules, to accept or send it back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graphs.state import NovelState, ReviewDecision, VerdictState
+from memory.errors import StorageError
+from nodes.common import novel_id_of, progress
+from nodes.context import ScribeContext
+from nodes.schemas import ChapterBeats, ReviewInput, ReviewIssue, Verdict
+from nodes.world_view import world_brief
+
+
+def decide(
+    verdict: Verdict, *, revision: int, max_revisions: int, accept_score: int
+) -> ReviewDecision:
+    """Accept a draft whose weakest score reaches ``accept_score`` with no major issue;
+    otherwise revise, until ``max_revisions`` revisions were spent."""
+    majors = any(issue.severity == "major" for issue in verdict.issues)
+    if verdict.scores.lowest() >= accept_score and not majors:
+        return "accept"
+    if revision >= max_revisions:
+        return "accept_with_issues"
+    return "revise"
+
+
+def quote_problems(verdict: Verdict, draft: str) -> list[str]:
+    """Every issue must quote the draft verbatim."""
+    return [
+        f"issue {n}: quote {issue.quote[:80]!r} does not occur verbatim in the draft"
+        for n, issue in enumerate(verdict.issues, 1)
+        if issue.quote not in draft
+    ]
+
+
+async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
+    """Review the current draft; the decision goes into state for routing."""
+    ctx = runtime.context
+    novel_id = novel_id_of(state)
+    chapter = state["chapter"]
+    revision = state.get("revision", 0)
+    draft_id = state.get("draft_id")
+    if not draft_id:
+        raise StorageError("the reviewer was reached without a draft in state")
+    draft = (await ctx.store.get_version(draft_id)).text
+    beats = ChapterBeats(**(state.get("beats") or {}))
+    progress(runtime, "reviewer", "reviewing", chapter=chapter, revision=revision)
+    snapshot = await ctx.world.world_as_of(novel_id, chapter)
+    findings: list[ReviewIssue] = []
+    verdict = await ctx.models.structured(
+        "chapter_review",
+        ReviewInput(
+            chapter=chapter,
+            beats=beats,
+            draft=draft,
+            world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
+            revision=revision,
+            findings=findings,
+        ),
+        Verdict,
+        check=lambda v: quote_problems(v, draft),
+    )
+    decision = decide(
+        verdict,
+        revision=revision,
+        max_revisions=state.get("max_revisions", ctx.options.max_revisions),
+        accept_score=ctx.options.accept_score,
+    )
+    progress(
+        runtime,
+        "reviewer",
+        decision,
+        chapter=chapter,
+        revision=revision,
+        score=verdict.scores.lowest(),
+    )
+    verdict_state: VerdictState = {
+        "decision": decision,
+        "lowest_score": verdict.scores.lowest(),
+        "scores": verdict.scores.model_dump(),
+        "issues": [i.model_dump() for i in verdict.issues],
+        "summary": verdict.summary,
+    }
+    update: dict[str, Any] = {"verdict": verdict_state}
+    if decision == "revise":
+        update["revision"] = revision + 1
+    else:
+        update["notes"] = None
+    return update

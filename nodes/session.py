@@ -1,0 +1,110 @@
+"""The session's bookends: ``intake`` validates the request, ``finish`` closes the book."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast, get_args
+
+from langgraph.runtime import Runtime
+
+from graphs.state import NovelState, PausePoint
+from memory.errors import Conflict, InvalidInput, StorageError
+from nodes.common import novel_id_of, progress
+from nodes.context import ScribeContext
+
+MAX_PREMISE_CHARS = 4000
+MAX_CHAPTERS = 100
+MAX_GENRE_CHARS = 80
+PAUSE_POINTS: tuple[str, ...] = get_args(PausePoint)
+
+
+@dataclass(frozen=True)
+class BookRequest:
+    """A validated request to write a book."""
+
+    premise: str
+    chapters: int
+    genre: str | None
+    pause_after: tuple[PausePoint, ...]
+
+
+def validate_request(
+    premise: object, chapters: object, genre: object = None, pause_after: Iterable[object] = ()
+) -> BookRequest:
+    """Check a book request; raises :class:`InvalidInput` naming the offending field."""
+    if not isinstance(premise, str) or not premise.strip():
+        raise InvalidInput("premise must be a non-empty text", field="premise")
+    text = premise.strip()
+    if len(text) > MAX_PREMISE_CHARS:
+        raise InvalidInput(
+            f"premise is {len(text)} characters long; the limit is {MAX_PREMISE_CHARS}",
+            field="premise",
+        )
+    if isinstance(chapters, bool) or not isinstance(chapters, int):
+        raise InvalidInput("chapters must be a whole number", field="chapters")
+    if not 1 <= chapters <= MAX_CHAPTERS:
+        raise InvalidInput(
+            f"chapters must be between 1 and {MAX_CHAPTERS}, got {chapters}", field="chapters"
+        )
+    if genre is not None and (not isinstance(genre, str) or len(genre.strip()) > MAX_GENRE_CHARS):
+        raise InvalidInput(
+            f"genre must be a text of at most {MAX_GENRE_CHARS} characters", field="genre"
+        )
+    pauses: list[PausePoint] = []
+    for point in pause_after:
+        if point not in PAUSE_POINTS:
+            raise InvalidInput(
+                f"unknown pause point {point!r}; use one of: {', '.join(PAUSE_POINTS)}",
+                field="pause_after",
+            )
+        if point not in pauses:
+            pauses.append(cast(PausePoint, point))
+    clean_genre = genre.strip() if isinstance(genre, str) and genre.strip() else None
+    return BookRequest(text, chapters, clean_genre, tuple(pauses))
+
+
+async def intake(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
+    """Validate the input, bind the session to the thread and make sure it is recorded."""
+    request = validate_request(
+        state.get("premise"),
+        state.get("chapters"),
+        state.get("genre"),
+        state.get("pause_after", ()),
+    )
+    thread_id = runtime.execution_info.thread_id if runtime.execution_info else None
+    novel_id = state.get("novel_id") or thread_id
+    if not novel_id:
+        raise StorageError("the novel graph needs a checkpointer and a thread_id to run")
+    store = runtime.context.store
+    # The entry point, or a previous attempt of this node, may have created it already.
+    with contextlib.suppress(Conflict):
+        await store.create_novel(novel_id, request.premise, request.chapters, request.genre)
+    progress(runtime, "director", "starting", chapters=request.chapters)
+    max_revisions = state.get("max_revisions", runtime.context.options.max_revisions)
+    if isinstance(max_revisions, bool) or not isinstance(max_revisions, int) or max_revisions < 0:
+        raise InvalidInput("max_revisions must be a whole number ≥ 0", field="max_revisions")
+    return {
+        "novel_id": novel_id,
+        "premise": request.premise,
+        "chapters": request.chapters,
+        "genre": request.genre,
+        "pause_after": list(request.pause_after),
+        "max_revisions": max_revisions,
+        "chapter": 1,
+        "drafts": 0,
+        "revision": 0,
+        "accepted": 0,
+        "recent_summaries": [],
+        "done": False,
+    }
+
+
+async def finish(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
+    """Mark the session completed."""
+    novel_id = novel_id_of(state)
+    title = state.get("bible", {}).get("title")
+    await runtime.context.store.update_novel(novel_id, status="completed", title=title)
+    progress(runtime, "director", "finished", chapters=state.get("accepted", 0))
+    return {"done": True}

@@ -1,0 +1,77 @@
+"""Condense a world snapshot into the brief that prompts carry, and resolve names to keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from memory.world.port import WorldMemory, WorldSnapshot
+from nodes.common import slugify
+from nodes.schemas import CharacterBrief, PlaceBrief, SetupBrief, WorldBrief
+
+# Prompts stay bounded however large the world grows.
+MAX_CHARACTERS = 40
+MAX_PLACES = 40
+
+
+def world_brief(
+    snapshot: WorldSnapshot, *, focus: Iterable[str] = (), include_dead: bool = True
+) -> WorldBrief:
+    """The world at ``snapshot.chapter`` as a prompt-sized brief.
+
+    ``focus`` names or keys come first so they survive the size bound.
+    """
+    names = {e.key: e.name for e in snapshot.entities}
+    wanted = {slugify(f) for f in focus}
+    characters: list[CharacterBrief] = []
+    places: list[PlaceBrief] = []
+    ordered = sorted(snapshot.entities, key=lambda e: (e.key not in wanted, e.introduced_chapter))
+    for entity in ordered:
+        if entity.kind != "character":
+            places.append(
+                PlaceBrief(name=entity.name, kind=entity.kind, description=entity.description)
+            )
+            continue
+        attributes = snapshot.attributes(entity.key)
+        if not include_dead and attributes.get("status") == "dead":
+            continue
+        location = None
+        relations: list[str] = []
+        for fact in snapshot.relations(entity.key):
+            if fact.subject != entity.key or fact.object is None:
+                continue
+            target = names.get(fact.object, fact.object)
+            if fact.predicate == "located_in":
+                location = target
+            else:
+                relations.append(f"{fact.predicate} {target}")
+        characters.append(
+            CharacterBrief(
+                name=entity.name,
+                aliases=list(entity.aliases),
+                description=entity.description,
+                attributes=attributes,
+                location=location,
+                relations=relations,
+            )
+        )
+    setups = [
+        SetupBrief(
+            key=s.key,
+            description=s.description,
+            plant_chapter=s.planted_chapter,
+            payoff_chapter=s.due_chapter,
+        )
+        for s in snapshot.open_setups()
+    ]
+    return WorldBrief(
+        chapter=snapshot.chapter,
+        characters=characters[:MAX_CHARACTERS],
+        places=places[:MAX_PLACES],
+        open_setups=setups,
+    )
+
+
+async def resolve_key(world: WorldMemory, novel_id: str, name: str) -> str:
+    """The key of the entity called ``name`` (name, alias or key), else its slug."""
+    found = await world.lookup(novel_id, name)
+    return found.key if found else slugify(name)

@@ -1,0 +1,245 @@
+"""The worldsmith: seeds the world before chapter 1 and records what each chapter changed.
+
+Both nodes first retract what their chapter recorded before and then apply the new batch,
+so a node replayed after a crash, or re-run after an author's edit, leaves exactly one
+set of facts for its chapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graphs.state import NovelState
+from memory.world.port import (
+    EntityKind,
+    EntitySpec,
+    FactEnd,
+    FactSpec,
+    SetupSpec,
+    WorldChanges,
+    WorldMemory,
+)
+from nodes.common import novel_id_of, progress, slugify
+from nodes.context import ScribeContext
+from nodes.schemas import (
+    ChangesInput,
+    ChapterBeats,
+    ChapterChanges,
+    ChapterOutline,
+    PlaceSeed,
+    StoryBible,
+    WorldSeed,
+    WorldSeedInput,
+)
+from nodes.world_view import resolve_key, world_brief
+
+SEED_CHAPTER = 0
+
+
+def seed_problems(seed: WorldSeed, chapters: int) -> list[str]:
+    """Checks a schema cannot express: start locations exist, set-ups fit the book."""
+    problems: list[str] = []
+    places = {p.name.lower() for p in seed.locations} | {
+        a.lower() for p in seed.locations for a in p.aliases
+    }
+    for character in seed.characters:
+        if character.location and character.location.lower() not in places:
+            problems.append(f"{character.name}'s location {character.location!r} is not a location")
+    for setup in seed.setups:
+        if not 1 <= setup.plant_chapter <= setup.payoff_chapter <= chapters:
+            problems.append(
+                f"set-up {setup.key}: need 1 <= plant_chapter <= payoff_chapter <= {chapters}"
+            )
+    return problems
+
+
+def seed_to_changes(seed: WorldSeed) -> WorldChanges:
+    """The seeded world as one batch of world-memory changes."""
+    entities: list[EntitySpec] = []
+    facts: list[FactSpec] = []
+    keys: dict[str, str] = {}
+
+    def add(kind: EntityKind, item: PlaceSeed) -> None:
+        key = slugify(item.name)
+        keys[item.name.lower()] = key
+        keys.update({a.lower(): key for a in item.aliases})
+        entities.append(
+            EntitySpec(
+                key, kind, item.name, tuple(item.aliases), item.description, dict(item.fixed)
+            )
+        )
+
+    for kind, items in (
+        ("location", seed.locations),
+        ("faction", seed.factions),
+        ("item", seed.items),
+        ("rule", seed.rules),
+    ):
+        for item in items:
+            add(kind, item)  # type: ignore[arg-type]
+    for character in seed.characters:
+        key = slugify(character.name)
+        keys[character.name.lower()] = key
+        keys.update({a.lower(): key for a in character.aliases})
+        mutable = {"status": "alive", **character.mutable}
+        if character.role:
+            mutable.setdefault("role", character.role)
+        entities.append(
+            EntitySpec(
+                key,
+                "character",
+                character.name,
+                tuple(character.aliases),
+                character.description,
+                dict(character.fixed),
+                mutable,
+            )
+        )
+
+    def key_of(name: str) -> str:
+        return keys.get(name.strip().lower(), slugify(name))
+
+    for character in seed.characters:
+        if character.location:
+            facts.append(
+                FactSpec(key_of(character.name), "located_in", object=key_of(character.location))
+            )
+        if character.faction:
+            facts.append(
+                FactSpec(key_of(character.name), "member_of", object=key_of(character.faction))
+            )
+    for rel in seed.relationships:
+        facts.append(FactSpec(key_of(rel.subject), rel.type, object=key_of(rel.object)))
+    setups = tuple(
+        SetupSpec(
+            s.key,
+            s.description,
+            s.plant_chapter,
+            s.payoff_chapter,
+            tuple(key_of(e) for e in s.entities),
+        )
+        for s in seed.setups
+    )
+    return WorldChanges(entities=tuple(entities), facts=tuple(facts), setups=setups)
+
+
+async def changes_to_world(
+    world: WorldMemory, novel_id: str, changes: ChapterChanges
+) -> WorldChanges:
+    """Translate the worldsmith's reading of a chapter into world-memory changes."""
+    entities = [
+        EntitySpec(slugify(e.name), e.kind, e.name, tuple(e.aliases), e.description)
+        for e in changes.new_entities
+    ]
+    new_keys = {e.name.lower(): e.key for e in entities}
+
+    async def key_of(name: str) -> str:
+        return new_keys.get(name.strip().lower()) or await resolve_key(world, novel_id, name)
+
+    facts: list[FactSpec] = []
+    ended: list[FactEnd] = []
+    for move in changes.moves:
+        facts.append(
+            FactSpec(await key_of(move.character), "located_in", object=await key_of(move.location))
+        )
+    for learned in changes.learned:
+        # One attribute per piece of knowledge, so what a character knows accumulates.
+        facts.append(
+            FactSpec(
+                await key_of(learned.character),
+                f"knows_{slugify(learned.fact)[:40]}".replace("-", "_"),
+                value=learned.fact,
+            )
+        )
+    for name in changes.deaths:
+        facts.append(FactSpec(await key_of(name), "status", value="dead"))
+    for attr in changes.attributes:
+        facts.append(FactSpec(await key_of(attr.entity), attr.attribute, value=attr.value))
+    for rel in changes.relationships:
+        subject, obj = await key_of(rel.subject), await key_of(rel.object)
+        if rel.ended:
+            ended.append(FactEnd(subject, rel.type, obj))
+        else:
+            facts.append(FactSpec(subject, rel.type, object=obj))
+    return WorldChanges(
+        entities=tuple(entities),
+        facts=tuple(facts),
+        ended=tuple(ended),
+        paid_off=tuple(changes.paid_off),
+    )
+
+
+async def worldsmith_seed(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
+    """Build the world before chapter 1 and store it in world memory (chapter 0)."""
+    ctx = runtime.context
+    novel_id = novel_id_of(state)
+    chapters = state["chapters"]
+    progress(runtime, "worldsmith", "seeding")
+    seed = await ctx.models.structured(
+        "world_seed",
+        WorldSeedInput(
+            premise=state["premise"],
+            bible=StoryBible(**state["bible"]),
+            outline=[ChapterOutline(**c) for c in state["outline"]],
+        ),
+        WorldSeed,
+        check=lambda s: seed_problems(s, chapters),
+    )
+    await ctx.world.retract_chapter(novel_id, SEED_CHAPTER)
+    result = await ctx.world.apply(novel_id, SEED_CHAPTER, seed_to_changes(seed))
+    progress(
+        runtime,
+        "worldsmith",
+        "seeded",
+        characters=len(seed.characters),
+        locations=len(seed.locations),
+        setups=len(seed.setups),
+        rejected=[r.reason for r in result.rejected],
+    )
+    return {}
+
+
+async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
+    """Record what the accepted chapter changed, valid from that chapter."""
+    ctx = runtime.context
+    novel_id = novel_id_of(state)
+    chapter = state["chapter"]
+    beats = ChapterBeats(**(state.get("beats") or {}))
+    progress(runtime, "worldsmith", "recording", chapter=chapter)
+    record = await ctx.store.get_chapter(novel_id, chapter)
+    # Read the world as it stood before this chapter: a re-run must not see its own facts.
+    await ctx.world.retract_chapter(novel_id, chapter)
+    snapshot = await ctx.world.world_as_of(novel_id, chapter)
+    changes = await ctx.models.structured(
+        "chapter_changes",
+        ChangesInput(
+            chapter=chapter,
+            beats=beats,
+            text=record.text,
+            world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
+        ),
+        ChapterChanges,
+    )
+    result = await ctx.world.apply(
+        novel_id, chapter, await changes_to_world(ctx.world, novel_id, changes)
+    )
+    await ctx.store.accept_chapter(
+        novel_id, chapter, record.current_version_id, record.title, changes.summary
+    )
+    keep = ctx.options.recent_summaries
+    summaries = [*state.get("recent_summaries", []), f"Chapter {chapter}: {changes.summary}"][
+        -keep:
+    ]
+    progress(
+        runtime,
+        "worldsmith",
+        "recorded",
+        chapter=chapter,
+        moves=len(changes.moves),
+        deaths=len(changes.deaths),
+        paid_off=list(changes.paid_off),
+        rejected=[r.reason for r in result.rejected],
+    )
+    return {"recent_summaries": summaries, "accepted": max(state.get("accepted", 0), chapter)}

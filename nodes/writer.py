@@ -1,0 +1,83 @@
+"""The writer: drafts the current chapter from its beats, the world and earlier passages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graphs.state import NovelState
+from nodes.common import novel_id_of, progress, stable_id
+from nodes.context import ScribeContext
+from nodes.schemas import ChapterBeats, DraftInput, RetrievedPassage, ReviewIssue, StoryBible
+from nodes.world_view import world_brief
+
+
+def retrieval_query(beats: ChapterBeats) -> str:
+    """What to look for among earlier passages: who, where and what happens now."""
+    parts = [beats.title, beats.location, *beats.characters, *(b.summary for b in beats.beats)]
+    return " ".join(parts)
+
+
+def draft_version_id(novel_id: str, chapter: int, draft_number: int) -> str:
+    """Deterministic id of a chapter's n-th draft (idempotent when a node is replayed)."""
+    return stable_id(novel_id, "chapter", chapter, "draft", draft_number)
+
+
+async def writer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
+    """Draft (or revise) the chapter and store the text; the state keeps its version id."""
+    ctx = runtime.context
+    novel_id = novel_id_of(state)
+    chapter = state["chapter"]
+    beats = ChapterBeats(**(state.get("beats") or {}))
+    revision = state.get("revision", 0)
+    drafts = state.get("drafts", 0)
+    notes = state.get("notes")
+    progress(runtime, "writer", "drafting", chapter=chapter, revision=revision)
+
+    snapshot = await ctx.world.world_as_of(novel_id, chapter)
+    hits = await ctx.passages.search(
+        novel_id,
+        retrieval_query(beats),
+        before_chapter=chapter,
+        limit=ctx.options.retrieval_limit,
+    )
+    previous_draft: str | None = None
+    issues: list[ReviewIssue] = []
+    draft_id = state.get("draft_id")
+    if draft_id and (revision > 0 or notes):
+        previous_draft = (await ctx.store.get_version(draft_id)).text
+        verdict = state.get("verdict") or {}
+        issues = [ReviewIssue(**i) for i in verdict.get("issues", [])]
+    summaries = state.get("recent_summaries", [])
+    text = await ctx.models.prose(
+        "chapter_draft",
+        DraftInput(
+            chapter=chapter,
+            title=beats.title,
+            bible=StoryBible(**state["bible"]),
+            beats=beats,
+            world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
+            passages=[
+                RetrievedPassage(chapter=h.passage.chapter, text=h.passage.text) for h in hits
+            ],
+            previous_summary=summaries[-1] if summaries else None,
+            target_words=ctx.options.words_per_chapter,
+            revision=revision,
+            previous_draft=previous_draft,
+            issues=issues,
+            notes=notes,
+        ),
+    )
+    version = await ctx.store.save_version(
+        draft_version_id(novel_id, chapter, drafts + 1),
+        novel_id,
+        chapter,
+        "draft",
+        beats.title,
+        text,
+    )
+    progress(
+        runtime, "writer", "drafted", chapter=chapter, revision=revision, words=len(text.split())
+    )
+    return {"draft_id": version.id, "drafts": drafts + 1}

@@ -1,0 +1,113 @@
+"""Assemble stores, models and the graph from settings: the one place backends are chosen.
+
+The CLI and the HTTP server both open :class:`Backends` with :func:`open_backends`, so the
+embedded default and the full stack run the same code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from graphs.novel import NovelGraph, build_graph
+from memory.app.port import AppStore
+from memory.embeddings.port import Embedder
+from nodes.context import ScribeContext, WritingOptions
+from nodes.schemas import AGENTS
+from server.settings import Settings
+
+
+@dataclass(frozen=True)
+class Backends:
+    """Open stores, the compiled graph and the context handed to its nodes."""
+
+    settings: Settings
+    graph: NovelGraph
+    context: ScribeContext
+    checkpointer: BaseCheckpointSaver[Any]
+
+    @property
+    def store(self) -> AppStore:
+        """App data (sessions, chapters, versions)."""
+        return self.context.store
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    """Hashed n-grams offline, or the configured OpenAI-compatible embeddings endpoint."""
+    if settings.embeddings_model:
+        from memory.embeddings.openai import OpenAIEmbedder
+
+        key = settings.embeddings_api_key or settings.api_key
+        return OpenAIEmbedder(
+            base_url=settings.embeddings_base_url
+            or settings.base_url
+            or "https://api.openai.com/v1",
+            model=settings.embeddings_model,
+            dimension=settings.embeddings_dimension,
+            api_key=key.get_secret_value() if key else None,
+        )
+    from memory.embeddings.hashing import HashingEmbedder
+
+    return HashingEmbedder(settings.embeddings_dimension)
+
+
+def writing_options(settings: Settings) -> WritingOptions:
+    """The writing loop's knobs from settings."""
+    return WritingOptions(
+        max_revisions=settings.max_revisions,
+        accept_score=settings.accept_score,
+        words_per_chapter=settings.words_per_chapter,
+        retrieval_limit=settings.retrieval_limit,
+    )
+
+
+@asynccontextmanager
+async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
+    """Open every backend named by ``settings``, run their explicit setup, close on exit."""
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from memory.app.sql import SqlAppStore
+    from memory.db import make_engine
+    from memory.retrieval.qdrant import QdrantPassageIndex
+    from memory.world.sql import SqlWorldMemory
+    from nodes.llm.factory import build_gateway
+
+    async with AsyncExitStack() as stack:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.sql_url)
+        stack.push_async_callback(engine.dispose)
+        store = SqlAppStore(engine)
+        await store.setup()
+        world = SqlWorldMemory(engine)
+        await world.setup()
+        stack.push_async_callback(world.close)
+
+        embedder = make_embedder(settings)
+        stack.push_async_callback(embedder.close)
+        if settings.qdrant_url:
+            key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+            passages = QdrantPassageIndex.from_url(settings.qdrant_url, embedder, api_key=key)
+        else:
+            passages = QdrantPassageIndex.from_path(settings.qdrant_path, embedder)
+        stack.push_async_callback(passages.close)
+        await passages.setup()
+
+        conn = await aiosqlite.connect(str(settings.checkpoint_path))
+        stack.push_async_callback(conn.close)
+        checkpointer = AsyncSqliteSaver(conn)
+        await checkpointer.setup()
+
+        models = build_gateway({a: settings.model_for(a) for a in AGENTS}, settings.retry)
+        context = ScribeContext(
+            models=models,
+            store=store,
+            world=world,
+            passages=passages,
+            options=writing_options(settings),
+        )
+        yield Backends(settings, build_graph(checkpointer), context, checkpointer)

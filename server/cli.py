@@ -1,0 +1,422 @@
+"""The ``scribe`` command line.
+
+Heavy libraries (LangGraph, SQLAlchemy, Qdrant) are imported inside the commands, so
+``scribe --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from memory.errors import ConfigurationError, Conflict, InvalidInput, NotFound, ScribeError
+
+if TYPE_CHECKING:
+    from server.sessions import Gate, RunResult, Sessions
+    from server.settings import Settings
+
+MAX_EDIT_BYTES = 1_000_000
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one readable error line instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scribe`` argument parser."""
+    parser = _Parser(
+        prog="scribe",
+        description="InfiniteScribe: four AI agents (director, worldsmith, writer, reviewer) "
+        "write a novel.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where sessions are stored (env SCRIBE_DATA_DIR, default ./.scribe)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    write = sub.add_parser("write", help="write a new book", description="Write a new book.")
+    write.add_argument("--premise", required=True, help="what the book is about")
+    write.add_argument("--chapters", required=True, type=int, help="how many chapters (1-100)")
+    write.add_argument("--genre", help="genre, e.g. 'fantasy' (default: the director chooses)")
+    write.add_argument(
+        "--pause",
+        default="",
+        help="pause for the author after: outline, chapter, or both (comma-separated)",
+    )
+    write.add_argument("--out", type=Path, help="Markdown file for the finished book")
+
+    sub.add_parser("sessions", help="list sessions and their status", description="List sessions.")
+
+    resume = sub.add_parser(
+        "resume",
+        help="continue a paused or interrupted session",
+        description="Continue a session: answer the author gate it waits at, "
+        "or carry on after a crash.",
+    )
+    resume.add_argument("session", help="session id")
+    decision = resume.add_mutually_exclusive_group()
+    decision.add_argument("--approve", action="store_true", help="approve the outline or chapter")
+    decision.add_argument(
+        "--edit", type=Path, metavar="FILE", help="replace it with FILE (Markdown or JSON)"
+    )
+    decision.add_argument("--revise", metavar="NOTES", help="send it back with these notes")
+    resume.add_argument("--out", type=Path, help="Markdown file for the finished book")
+
+    export = sub.add_parser("export", help="export a book", description="Export a session's book.")
+    export.add_argument("session", help="session id")
+    export.add_argument("--format", choices=("md", "epub"), default="md")
+    export.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+# --- edit files -----------------------------------------------------------------------
+
+_OUTLINE_HEADING = re.compile(
+    r"^##\s+(?:chapter\s+)?(?P<num>\d+)?\s*[.:)\-]?\s*(?P<title>.*?)\s*$", re.I
+)
+
+
+def outline_markdown(payload: dict[str, Any]) -> str:
+    """The outline at a gate as editable Markdown."""
+    bible = payload.get("bible", {})
+    lines = [f"# {bible.get('title', 'Untitled')}", "", bible.get("logline", ""), ""]
+    for chapter in payload.get("outline", []):
+        lines += [f"## {chapter['number']}. {chapter['title']}", "", chapter["summary"], ""]
+    return "\n".join(lines)
+
+
+def parse_outline_file(text: str) -> list[dict[str, Any]]:
+    """An edited outline from JSON (a list, or ``{"outline": [...]}``) or Markdown
+    (``## 1. Title`` headings, each followed by its summary)."""
+    stripped = text.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(
+                f"edit file is not valid JSON: {exc.msg} at line {exc.lineno}"
+            ) from exc
+        items = data.get("outline") if isinstance(data, dict) else data
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise InvalidInput("a JSON outline must be a list of {title, summary} objects")
+        return [
+            {"number": n, **{k: v for k, v in i.items() if k != "number"}}
+            for n, i in enumerate(items, 1)
+        ]
+    chapters: list[dict[str, Any]] = []
+    for line in stripped.splitlines():
+        match = _OUTLINE_HEADING.match(line)
+        if line.startswith("## ") and match:
+            chapters.append(
+                {
+                    "number": len(chapters) + 1,
+                    "title": match["title"] or f"Chapter {len(chapters) + 1}",
+                    "summary": "",
+                }
+            )
+        elif chapters:
+            chapters[-1]["summary"] = (chapters[-1]["summary"] + "\n" + line).strip()
+    if not chapters:
+        raise InvalidInput(
+            "edit file has no chapters: use '## 1. Title' headings followed by summaries"
+        )
+    return chapters
+
+
+def chapter_markdown(chapter: int, title: str, text: str) -> str:
+    """A chapter at a gate as editable Markdown."""
+    return f"# Chapter {chapter}: {title}\n\n{text.strip()}\n"
+
+
+def parse_chapter_file(text: str) -> dict[str, Any]:
+    """An edited chapter: an optional ``# Chapter N: Title`` first line, then the prose."""
+    lines = text.strip().splitlines()
+    title: str | None = None
+    if lines and lines[0].startswith("# "):
+        title = (
+            re.sub(r"^#\s+(chapter\s+\d+\s*[:.\-]\s*)?", "", lines[0], flags=re.I).strip() or None
+        )
+        lines = lines[1:]
+    body = "\n".join(lines).strip()
+    if not body:
+        raise InvalidInput("edit file has no chapter text")
+    return {"action": "edit", "text": body, **({"title": title} if title else {})}
+
+
+def read_edit_file(path: Path) -> str:
+    """The edit file's text; InvalidInput for a missing, oversized or undecodable file."""
+    try:
+        if path.stat().st_size > MAX_EDIT_BYTES:
+            raise InvalidInput(f"edit file {path} is larger than {MAX_EDIT_BYTES} bytes")
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read edit file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"edit file {path} is not UTF-8 text") from exc
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, so a failure leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from server.settings import load_settings
+
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    return load_settings(**overrides)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _announce_models(settings: Settings) -> None:
+    from nodes.schemas import AGENTS
+
+    offline = [a for a in AGENTS if settings.model_for(a) is None]
+    if offline:
+        who = "all agents" if len(offline) == len(AGENTS) else ", ".join(offline)
+        _say(
+            f"Using the offline model for {who}: no network or API key, placeholder prose built "
+            "from the plan. For a real model set SCRIBE_MODEL (with SCRIBE_API_KEY and, for "
+            "any OpenAI-compatible server, SCRIBE_BASE_URL)."
+        )
+
+
+def _require_store(settings: Settings) -> None:
+    """Fail before touching anything when the embedded store does not exist yet."""
+    if settings.database_url is None and not (settings.data_dir / "scribe.db").exists():
+        raise NotFound("session", "-", f"no sessions in {settings.data_dir} (nothing written yet)")
+
+
+def _book_path(settings: Settings, session_id: str, out: Path | None) -> Path:
+    return out or settings.data_dir / "books" / f"{session_id}.md"
+
+
+async def _finish(
+    sessions: Sessions, settings: Settings, result: RunResult, out: Path | None
+) -> None:
+    from server.export import book_to_markdown
+
+    if result.gate is not None:
+        _show_gate(sessions, settings, result.session_id, result.gate)
+        await _write_gate_file(sessions, settings, result.session_id, result.gate)
+        return
+    record, bible, chapters = await sessions.book(result.session_id)
+    path = _book_path(settings, result.session_id, out)
+    markdown = book_to_markdown(record.title or "Untitled", chapters, logline=bible.get("logline"))
+    write_atomically(path, markdown.encode())
+    words = sum(c.word_count for c in chapters)
+    _say(f"Finished “{record.title}”: {len(chapters)} chapters, {words} words.")
+    print(path)
+
+
+def _gate_file(settings: Settings, session_id: str, gate: Gate) -> Path:
+    folder = settings.data_dir / "sessions" / session_id
+    if gate.kind == "outline":
+        return folder / "outline.md"
+    return folder / f"chapter-{int(gate.payload['chapter']):02d}.md"
+
+
+def _show_gate(_sessions: Sessions, settings: Settings, session_id: str, gate: Gate) -> None:
+    where = "the outline" if gate.kind == "outline" else f"chapter {gate.payload['chapter']}"
+    path = _gate_file(settings, session_id, gate)
+    _say(
+        f"Paused for the author after {where}. Read or edit {path}, then run one of:\n"
+        f"  scribe resume {session_id} --approve\n"
+        f"  scribe resume {session_id} --edit {path}\n"
+        f'  scribe resume {session_id} --revise "your notes"'
+    )
+
+
+async def _write_gate_file(
+    sessions: Sessions, settings: Settings, session_id: str, gate: Gate
+) -> None:
+    if gate.kind == "outline":
+        text = outline_markdown(gate.payload)
+    else:
+        _, _, chapters = await sessions.book(session_id)
+        number = int(gate.payload["chapter"])
+        chapter = next(c for c in chapters if c.number == number)
+        text = chapter_markdown(number, chapter.title, chapter.text)
+    write_atomically(_gate_file(settings, session_id, gate), text.encode())
+
+
+async def _cmd_write(args: argparse.Namespace) -> int:
+    from nodes.session import validate_request
+
+    pauses = [p.strip() for p in args.pause.split(",") if p.strip()]
+    request = validate_request(args.premise, args.chapters, args.genre, pauses)
+    settings = _settings(args)
+    if args.out is not None and args.out.is_dir():
+        raise InvalidInput(f"--out {args.out} is a folder; give a file name")
+    _announce_models(settings)
+
+    from server.backends import open_backends
+    from server.progress import ProgressView
+    from server.sessions import Sessions
+
+    async with open_backends(settings) as backends:
+        sessions = Sessions(backends)
+        session_id = sessions.new_id()
+        print(session_id, flush=True)
+        _say(f"session {session_id}: writing {request.chapters} chapter(s)")
+        with ProgressView(request.chapters) as view:
+            result = await sessions.start(request, view, session_id=session_id)
+        await _finish(sessions, settings, result, args.out)
+    return 0
+
+
+async def _cmd_resume(args: argparse.Namespace) -> int:
+    from server.sessions import parse_session_id
+
+    session_id = parse_session_id(args.session)
+    settings = _settings(args)
+    _require_store(settings)
+    edit_text = read_edit_file(args.edit) if args.edit is not None else None
+
+    from server.backends import open_backends
+    from server.progress import ProgressView
+    from server.sessions import Sessions
+
+    async with open_backends(settings) as backends:
+        sessions = Sessions(backends)
+        record = await sessions.require(session_id)
+        decision: dict[str, Any] | None = None
+        if args.approve:
+            decision = {"action": "approve"}
+        elif args.revise is not None:
+            decision = {"action": "revise", "notes": args.revise}
+        elif edit_text is not None:
+            gate = await sessions.gate(session_id)
+            if gate is None:
+                raise Conflict(f"session {session_id} is not paused at a gate; nothing to edit")
+            if gate.kind == "outline":
+                decision = {"action": "edit", "outline": parse_outline_file(edit_text)}
+            else:
+                decision = parse_chapter_file(edit_text)
+        _announce_models(settings)
+        done = len(await backends.store.list_chapters(session_id))
+        with ProgressView(record.chapters, done=done) as view:
+            result = await sessions.resume(session_id, decision, view)
+        await _finish(sessions, settings, result, args.out)
+    return 0
+
+
+async def _cmd_sessions(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings.database_url is None and not (settings.data_dir / "scribe.db").exists():
+        _say(f"no sessions in {settings.data_dir}")
+        return 0
+    from server.backends import open_backends
+
+    async with open_backends(settings) as backends:
+        novels = await backends.store.list_novels()
+        if not novels:
+            _say(f"no sessions in {settings.data_dir}")
+        for novel in novels:
+            chapters = await backends.store.list_chapters(novel.id)
+            title = novel.title or novel.premise[:40]
+            print(
+                f"{novel.id}  {novel.status:<9}  {len(chapters)}/{novel.chapters} ch  "
+                f"{novel.updated_at:%Y-%m-%d %H:%M}  {title}"
+            )
+    return 0
+
+
+async def _cmd_export(args: argparse.Namespace) -> int:
+    from server.sessions import parse_session_id
+
+    session_id = parse_session_id(args.session)
+    settings = _settings(args)
+    _require_store(settings)
+    if args.out.is_dir():
+        raise InvalidInput(f"--out {args.out} is a folder; give a file name")
+
+    from server.backends import open_backends
+    from server.export import book_to_epub, book_to_markdown
+    from server.sessions import Sessions
+
+    async with open_backends(settings) as backends:
+        sessions = Sessions(backends)
+        await sessions.require(session_id)
+        record, bible, chapters = await sessions.book(session_id)
+        if not chapters:
+            raise Conflict(f"session {session_id} has no accepted chapter to export yet")
+        title = record.title or "Untitled"
+        if args.format == "md":
+            write_atomically(
+                args.out, book_to_markdown(title, chapters, logline=bible.get("logline")).encode()
+            )
+        else:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                dir=args.out.parent, prefix=f".{args.out.name}.", suffix=".epub"
+            )
+            os.close(fd)
+            try:
+                book_to_epub(
+                    title, chapters, Path(tmp), logline=bible.get("logline"), identifier=session_id
+                )
+                os.replace(tmp, args.out)
+            finally:
+                Path(tmp).unlink(missing_ok=True)  # noqa: ASYNC240 - a tiny local cleanup
+    print(args.out)
+    return 0
+
+
+_COMMANDS = {
+    "write": _cmd_write,
+    "resume": _cmd_resume,
+    "sessions": _cmd_sessions,
+    "export": _cmd_export,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scribe`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_COMMANDS[args.command](args))
+    except (InvalidInput, NotFound, Conflict, ConfigurationError) as exc:
+        _say(f"scribe: error: {exc}")
+        return EXIT_USAGE
+    except ScribeError as exc:
+        _say(f"scribe: error: {exc}")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _say("scribe: interrupted; continue later with: scribe resume SESSION")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

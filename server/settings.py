@@ -1,0 +1,148 @@
+"""Settings, validated once at the entry point (CLI or server) from the environment.
+
+Nothing here is read at import time: call :func:`load_settings` where the program starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from memory.errors import ConfigurationError
+from nodes.llm.config import ModelConfig, RetryPolicy
+from nodes.schemas import AGENTS, Agent
+
+OFFLINE = "offline"
+
+
+class AgentModelSettings(BaseModel):
+    """Per-agent overrides, e.g. ``SCRIBE_WRITER__MODEL``; unset fields use the shared ones."""
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=16, le=200_000)
+
+
+class Settings(BaseSettings):
+    """Every setting of InfiniteScribe, with its environment variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SCRIBE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Path(".scribe")
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "SCRIBE_DATABASE_URL")
+    )
+    world_backend: Literal["sql"] = "sql"
+    qdrant_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("QDRANT_URL", "SCRIBE_QDRANT_URL")
+    )
+    qdrant_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("QDRANT_API_KEY", "SCRIBE_QDRANT_API_KEY")
+    )
+
+    # shared model settings (any OpenAI-compatible endpoint)
+    model: str | None = None
+    base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("SCRIBE_BASE_URL", "OPENAI_BASE_URL")
+    )
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SCRIBE_API_KEY", "OPENAI_API_KEY")
+    )
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=4096, ge=16, le=200_000)
+    model_timeout_s: float = Field(default=120.0, gt=0)
+    model_retries: int = Field(default=4, ge=1, le=10)
+    json_mode: bool = False
+    director: AgentModelSettings = AgentModelSettings()
+    worldsmith: AgentModelSettings = AgentModelSettings()
+    writer: AgentModelSettings = AgentModelSettings()
+    reviewer: AgentModelSettings = AgentModelSettings()
+
+    # embeddings: hashed n-grams offline, or an OpenAI-compatible endpoint
+    embeddings_model: str | None = None
+    embeddings_base_url: str | None = None
+    embeddings_api_key: SecretStr | None = None
+    embeddings_dimension: int = Field(default=512, ge=8, le=8192)
+
+    # the writing loop
+    max_revisions: int = Field(default=2, ge=0, le=10)
+    accept_score: int = Field(default=6, ge=1, le=10)
+    words_per_chapter: int = Field(default=900, ge=100, le=20_000)
+    retrieval_limit: int = Field(default=4, ge=0, le=50)
+
+    @model_validator(mode="after")
+    def _check_agents(self) -> Settings:
+        for agent in AGENTS:
+            self.model_for(agent)
+        return self
+
+    def agent_settings(self, agent: Agent) -> AgentModelSettings:
+        """The per-agent override block."""
+        block: AgentModelSettings = getattr(self, agent)
+        return block
+
+    def model_for(self, agent: Agent) -> ModelConfig | None:
+        """The agent's model, or ``None`` for the offline model.
+
+        The offline model is used when no model name is configured (or it is ``offline``).
+        """
+        own = self.agent_settings(agent)
+        name = own.model or self.model
+        base_url = own.base_url or self.base_url
+        if name is None or name == OFFLINE:
+            if own.base_url and not own.model and not self.model:
+                raise ValueError(
+                    f"SCRIBE_{agent.upper()}__BASE_URL is set but no model name: "
+                    f"set SCRIBE_{agent.upper()}__MODEL or SCRIBE_MODEL"
+                )
+            return None
+        key = own.api_key or self.api_key
+        return ModelConfig(
+            model=name,
+            base_url=base_url,
+            api_key=key.get_secret_value() if key else None,
+            temperature=own.temperature if own.temperature is not None else self.temperature,
+            max_tokens=own.max_tokens or self.max_tokens,
+            timeout_s=self.model_timeout_s,
+            json_mode=self.json_mode,
+        )
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """Backoff for transient model failures."""
+        return RetryPolicy(attempts=self.model_retries)
+
+    @property
+    def sql_url(self) -> str:
+        """App data (and SQL world memory) database URL."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'scribe.db'}"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """SQLite checkpoint file of the embedded default."""
+        return self.data_dir / "checkpoints.db"
+
+    @property
+    def qdrant_path(self) -> Path:
+        """Qdrant local-mode folder of the embedded default."""
+        return self.data_dir / "qdrant"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings once; raises ConfigurationError with a readable line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigurationError(f"invalid setting {where}: {first['msg']}") from exc

@@ -1,0 +1,54 @@
+"""Backends run through the world-memory conformance suite.
+
+To put another backend under the suite, write an async context-manager factory that takes
+the test's ``tmp_path`` and yields a set-up :class:`WorldMemory` (releasing whatever it
+created on exit), then add it to :data:`WORLD_BACKENDS` under its name, e.g.
+``"sql-postgres": sql_postgres`` or ``"neo4j": neo4j``. Every test then runs against it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from memory.db import make_engine
+from memory.world.port import WorldMemory
+from memory.world.sql import SqlWorldMemory
+
+WorldFactory = Callable[[Path], AbstractAsyncContextManager[WorldMemory]]
+
+
+@asynccontextmanager
+async def sql_sqlite(tmp_path: Path) -> AsyncIterator[WorldMemory]:
+    """The SQL backend on a fresh SQLite file, schema built by the migrations."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'world.sqlite3'}")
+    memory = SqlWorldMemory(engine)
+    try:
+        await memory.setup()
+        yield memory
+    finally:
+        await memory.close()
+        await engine.dispose()
+
+
+WORLD_BACKENDS: dict[str, WorldFactory] = {
+    "sql-sqlite": sql_sqlite,
+}
+
+
+@pytest.fixture(params=list(WORLD_BACKENDS))
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[WorldMemory]:
+    """A set-up world memory of each registered backend."""
+    factory = WORLD_BACKENDS[request.param]
+    async with factory(tmp_path) as memory:
+        yield memory
+
+
+@pytest.fixture
+def novel_id() -> str:
+    """A novel id no other test uses, so backends may share one store between tests."""
+    return str(uuid.uuid4())

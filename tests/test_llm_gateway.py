@@ -1,0 +1,764 @@
+"""The model gateway against a real OpenAI-compatible HTTP server on loopback.
+
+The server below speaks just enough HTTP/1.1 to serve ``POST /v1/chat/completions``
+with streamed (SSE) answers or error statuses, following a script of replies per test,
+and records every request it receives so tests can count attempts and read what the
+gateway sent (e.g. the repair message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langgraph.graph import END, START, StateGraph
+from typing_extensions import TypedDict
+
+from memory.errors import (
+    ConfigurationError,
+    InvalidInput,
+    ModelError,
+    ModelOutputError,
+    ModelUnavailable,
+)
+from nodes.llm.config import ModelConfig, RetryPolicy
+from nodes.llm.factory import build_chat_model, build_gateway
+from nodes.llm.gateway import ModelGateway
+from nodes.schemas import (
+    Agent,
+    Beat,
+    ChapterBeats,
+    DraftInput,
+    ReviewInput,
+    StoryBible,
+    Verdict,
+    WorldBrief,
+)
+
+# --- a scripted OpenAI-compatible server -----------------------------------------------
+
+
+@dataclass
+class Reply:
+    """One scripted answer of the fake server."""
+
+    text: str = ""
+    """Streamed answer content (status 200)."""
+    status: int = 200
+    error: str = ""
+    """Error message in the JSON body (status >= 400)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    """Seconds to wait before sending anything (to provoke client timeouts)."""
+    stall: float = 0.0
+    """Seconds to go silent after the first content chunk (mid-stream timeout)."""
+    chunk_size: int = 7
+
+
+class FakeOpenAI:
+    """A minimal OpenAI-compatible chat-completions server on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.replies: deque[Reply] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
+
+    @property
+    def base_url(self) -> str:
+        """The ``/v1`` root to configure clients with."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies, served one per request in order."""
+        self.replies.extend(replies)
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening; wake handlers still pausing on abandoned requests and await them."""
+        self._closing.set()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        # Waking rather than cancelling: 3.11's stream protocol logs cancelled handlers.
+        await asyncio.gather(*self._handlers)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds``; ``False`` when the server closed meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        return not self._closing.is_set()
+
+    def messages(self, index: int) -> list[dict[str, Any]]:
+        """The chat messages of the ``index``-th request."""
+        result: list[dict[str, Any]] = self.requests[index]["messages"]
+        return result
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line, *header_lines = head.decode("latin-1").split("\r\n")
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in header_lines if line)
+            }
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            method, path, _ = request_line.split(" ", 2)
+            if method != "POST" or path != "/v1/chat/completions":
+                await self._send_error(writer, Reply(status=404, error=f"no route {path}"))
+                return
+            payload = json.loads(body)
+            self.requests.append(payload)
+            reply = (
+                self.replies.popleft()
+                if self.replies
+                else Reply(status=400, error="the test server has no scripted reply left")
+            )
+            if reply.delay and not await self._pause(reply.delay):
+                return
+            if reply.status >= 400:
+                await self._send_error(writer, reply)
+            else:
+                await self._send_stream(writer, reply, payload)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client gave up (timeout test); nothing to answer
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _send_error(self, writer: asyncio.StreamWriter, reply: Reply) -> None:
+        body = json.dumps(
+            {"error": {"message": reply.error, "type": "test_error", "code": reply.status}}
+        ).encode()
+        head = [
+            f"HTTP/1.1 {reply.status} Scripted",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+            *(f"{k}: {v}" for k, v in reply.headers.items()),
+        ]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+
+    async def _send_stream(
+        self, writer: asyncio.StreamWriter, reply: Reply, payload: dict[str, Any]
+    ) -> None:
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        writer.write(head.encode())
+        model = payload.get("model", "test-model")
+
+        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            chunk = {
+                "id": "chatcmpl-test",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        writer.write(event({"role": "assistant", "content": ""}))
+        pieces = [
+            reply.text[i : i + reply.chunk_size] for i in range(0, len(reply.text), reply.chunk_size)
+        ]
+        for number, piece in enumerate(pieces):
+            writer.write(event({"content": piece}))
+            await writer.drain()
+            if number == 0 and reply.stall and not await self._pause(reply.stall):
+                return
+        writer.write(event({}, "stop"))
+        if payload.get("stream_options", {}).get("include_usage"):
+            usage = {
+                "id": "chatcmpl-test",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }
+            writer.write(f"data: {json.dumps(usage)}\n\n".encode())
+        writer.write(b"data: [DONE]\n\n")
+        await writer.drain()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAI]:
+    """A started fake server, closed after the test."""
+    fake = FakeOpenAI()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.close()
+
+
+class SleepRecorder:
+    """Stands in for ``asyncio.sleep``: records the delays instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+RETRY = RetryPolicy(attempts=3, base_delay_s=0.5, max_delay_s=8.0)
+
+
+def config(server: FakeOpenAI, **overrides: Any) -> ModelConfig:
+    """A model config pointing at the fake server."""
+    values: dict[str, Any] = {
+        "model": "test-model",
+        "base_url": server.base_url,
+        "api_key": "sk-test",
+        "timeout_s": 5.0,
+    }
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def gateway(
+    server: FakeOpenAI,
+    sleep: SleepRecorder,
+    *,
+    retry: RetryPolicy = RETRY,
+    **overrides: Any,
+) -> ModelGateway:
+    """A gateway whose four agents all talk to the fake server."""
+    model = build_chat_model(config(server, **overrides))
+    agents: tuple[Agent, ...] = ("director", "worldsmith", "writer", "reviewer")
+    return ModelGateway({agent: model for agent in agents}, retry=retry, sleep=sleep)
+
+
+# --- task inputs and answers ---------------------------------------------------------
+
+DRAFT = (
+    "Mara pressed her palm to the cold brass of the lighthouse door. "
+    "Behind her, Tobin was still arguing with the ferryman about the fare."
+)
+
+
+def beats() -> ChapterBeats:
+    """A small valid chapter plan."""
+    return ChapterBeats(
+        chapter=1,
+        title="The Lamp Room",
+        pov="Mara",
+        location="The Lighthouse",
+        characters=["Mara", "Tobin"],
+        beats=[Beat(summary="Mara reaches the lighthouse.", characters=["Mara"])],
+    )
+
+
+def review_input() -> ReviewInput:
+    """Reviewer input for :data:`DRAFT`."""
+    return ReviewInput(chapter=1, beats=beats(), draft=DRAFT, world=WorldBrief(chapter=1), revision=0)
+
+
+def draft_input() -> DraftInput:
+    """Writer input for chapter 1."""
+    bible = StoryBible(
+        title="The Last Lamp",
+        logline="A keeper's daughter must relight the lamp.",
+        genre="fantasy",
+        tone="quiet",
+        point_of_view="close third, past tense",
+        themes=["duty"],
+    )
+    return DraftInput(
+        chapter=1, title="The Lamp Room", bible=bible, beats=beats(), world=WorldBrief(chapter=1)
+    )
+
+
+def verdict_json(*, prose: int = 7, quote: str = "cold brass", summary: str = "Solid.") -> str:
+    """A reviewer answer as the model would write it."""
+    return json.dumps(
+        {
+            "scores": {
+                "prose": prose,
+                "coherence": 8,
+                "pacing": 6,
+                "character": 7,
+                "consistency": 9,
+            },
+            "issues": [
+                {
+                    "severity": "minor",
+                    "category": "prose",
+                    "quote": quote,
+                    "problem": "Generic image.",
+                    "suggestion": "Be specific.",
+                }
+            ],
+            "summary": summary,
+        }
+    )
+
+
+def quotes_in_draft(verdict: Verdict) -> list[str]:
+    """The reviewer's domain check: every quote must occur verbatim in the draft."""
+    return [
+        f"issues[{i}].quote does not occur verbatim in the draft: {issue.quote!r}"
+        for i, issue in enumerate(verdict.issues)
+        if issue.quote not in DRAFT
+    ]
+
+
+# --- structured answers --------------------------------------------------------------
+
+
+async def test_structured_success_sends_task_and_schema(server: FakeOpenAI) -> None:
+    server.script(Reply(text=verdict_json(prose=4)))
+    sleep = SleepRecorder()
+
+    verdict = await gateway(server, sleep).structured("chapter_review", review_input(), Verdict)
+
+    assert verdict.scores.prose == 4
+    assert verdict.scores.lowest() == 4
+    assert verdict.issues[0].quote == "cold brass"
+    assert len(server.requests) == 1
+    request = server.requests[0]
+    assert request["model"] == "test-model"
+    assert request["stream"] is True
+    assert "response_format" not in request
+    system, human = server.messages(0)
+    assert system["role"] == "system"
+    assert "reviewer" in system["content"]
+    assert '"scores"' in system["content"]  # the answer schema is appended
+    assert human["content"].startswith("Task: chapter_review")
+    assert DRAFT in human["content"]
+    assert sleep.delays == []
+
+
+async def test_structured_tolerates_fences_and_surrounding_prose(server: FakeOpenAI) -> None:
+    answer = (
+        "<think>The draft is fine {mostly}.</think>Here is my review:\n```json\n"
+        + verdict_json(summary="Fenced.")
+        + "\n```\nLet me know if you need more {details}."
+    )
+    server.script(Reply(text=answer))
+
+    verdict = await gateway(server, SleepRecorder()).structured(
+        "chapter_review", review_input(), Verdict
+    )
+
+    assert verdict.summary == "Fenced."
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("bad_answer", "expected_error"),
+    [
+        (verdict_json(prose=11), "scores.prose: Input should be less than or equal to 10"),
+        (verdict_json()[:-20], "invalid JSON"),
+        ("I think the chapter is lovely.", "no JSON object"),
+        ('{"scores": {"prose": 7}}', "scores.coherence: Field required"),
+    ],
+)
+async def test_malformed_answer_is_repaired_once(
+    server: FakeOpenAI, bad_answer: str, expected_error: str
+) -> None:
+    server.script(Reply(text=bad_answer), Reply(text=verdict_json(summary="Repaired.")))
+
+    verdict = await gateway(server, SleepRecorder()).structured(
+        "chapter_review", review_input(), Verdict
+    )
+
+    assert verdict.summary == "Repaired."
+    assert len(server.requests) == 2
+    repair = server.messages(1)
+    assert repair[:2] == server.messages(0)  # the original request is repeated as is
+    assert repair[2] == {"role": "assistant", "content": bad_answer}
+    assert repair[3]["role"] == "user"
+    assert expected_error in repair[3]["content"]
+    assert "only the corrected JSON object" in repair[3]["content"]
+
+
+async def test_malformed_twice_raises_model_output_error(server: FakeOpenAI) -> None:
+    server.script(Reply(text=verdict_json(prose=11)), Reply(text=verdict_json(prose=12)))
+
+    with pytest.raises(ModelOutputError) as caught:
+        await gateway(server, SleepRecorder()).structured("chapter_review", review_input(), Verdict)
+
+    error = caught.value
+    assert str(error).startswith(
+        "reviewer returned an invalid chapter_review answer after one repair attempt"
+    )
+    assert "scores.prose: Input should be less than or equal to 10" in str(error)
+    assert error.agent == "reviewer"
+    assert error.data["task"] == "chapter_review"
+    assert error.data["errors"] == ["scores.prose: Input should be less than or equal to 10"]
+    assert len(server.requests) == 2
+
+
+async def test_check_problem_triggers_repair(server: FakeOpenAI) -> None:
+    invented = "a quote the draft never contains"
+    server.script(
+        Reply(text=verdict_json(quote=invented)),
+        Reply(text=verdict_json(quote="arguing with the ferryman")),
+    )
+
+    verdict = await gateway(server, SleepRecorder()).structured(
+        "chapter_review", review_input(), Verdict, check=quotes_in_draft
+    )
+
+    assert verdict.issues[0].quote == "arguing with the ferryman"
+    assert len(server.requests) == 2
+    repair_text = server.messages(1)[-1]["content"]
+    assert f"issues[0].quote does not occur verbatim in the draft: {invented!r}" in repair_text
+
+
+async def test_check_problem_persisting_raises(server: FakeOpenAI) -> None:
+    server.script(Reply(text=verdict_json(quote="nope")), Reply(text=verdict_json(quote="nah")))
+
+    with pytest.raises(ModelOutputError) as caught:
+        await gateway(server, SleepRecorder()).structured(
+            "chapter_review", review_input(), Verdict, check=quotes_in_draft
+        )
+
+    assert "'nah'" in str(caught.value)
+    assert caught.value.data["errors"] == quotes_in_draft(Verdict.model_validate_json(verdict_json(quote="nah")))
+
+
+# --- transient failures ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("retry_after", "expected_delay"), [("2", 2.0), ("60", 8.0)])
+async def test_rate_limit_honours_retry_after(
+    server: FakeOpenAI, retry_after: str, expected_delay: float
+) -> None:
+    server.script(
+        Reply(status=429, error="slow down", headers={"Retry-After": retry_after}),
+        Reply(text=verdict_json()),
+    )
+    sleep = SleepRecorder()
+
+    verdict = await gateway(server, sleep).structured("chapter_review", review_input(), Verdict)
+
+    assert verdict.scores.consistency == 9
+    assert len(server.requests) == 2
+    assert sleep.delays == [expected_delay]  # capped at max_delay_s
+
+
+async def test_server_errors_are_retried_with_backoff(server: FakeOpenAI) -> None:
+    server.script(
+        Reply(status=500, error="boom"),
+        Reply(status=502, error="bad gateway"),
+        Reply(text=verdict_json()),
+    )
+    sleep = SleepRecorder()
+
+    await gateway(server, sleep).structured("chapter_review", review_input(), Verdict)
+
+    assert len(server.requests) == 3
+    assert len(sleep.delays) == 2
+    # Full jitter: each wait lies in [0, base * 2**(attempt-1)].
+    assert 0.0 <= sleep.delays[0] <= 0.5
+    assert 0.0 <= sleep.delays[1] <= 1.0
+
+
+async def test_persistent_unavailability_raises_after_all_attempts(server: FakeOpenAI) -> None:
+    server.script(*(Reply(status=503, error="overloaded") for _ in range(6)))
+    sleep = SleepRecorder()
+
+    with pytest.raises(ModelUnavailable) as caught:
+        await gateway(server, sleep).prose("chapter_draft", draft_input())
+
+    error = caught.value
+    assert len(server.requests) == 3  # RETRY.attempts, no more
+    assert len(server.replies) == 3
+    assert len(sleep.delays) == 2
+    assert error.agent == "writer"
+    assert error.data["attempts"] == 3
+    assert "writer" in str(error)
+    assert "after 3 attempts" in str(error)
+    assert "503" in str(error)
+    assert "overloaded" in str(error)
+
+
+async def test_timeout_before_headers_is_retried(server: FakeOpenAI) -> None:
+    server.script(Reply(text="too late", delay=2.0), Reply(text="In time."))
+    sleep = SleepRecorder()
+
+    text = await gateway(server, sleep, timeout_s=0.3).prose("chapter_draft", draft_input())
+
+    assert text == "In time."
+    assert len(server.requests) == 2
+    assert len(sleep.delays) == 1
+
+
+async def test_stalled_stream_is_retried(server: FakeOpenAI) -> None:
+    server.script(Reply(text="A stream that stops.", stall=2.0), Reply(text="A whole answer."))
+    sleep = SleepRecorder()
+
+    text = await gateway(server, sleep, timeout_s=0.3).prose("chapter_draft", draft_input())
+
+    assert text == "A whole answer."
+    assert len(server.requests) == 2
+
+
+async def test_timeouts_exhausting_attempts_raise_unavailable(server: FakeOpenAI) -> None:
+    server.script(Reply(delay=2.0), Reply(delay=2.0))
+    sleep = SleepRecorder()
+    retry = RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=1.0)
+
+    with pytest.raises(ModelUnavailable, match="after 2 attempts"):
+        await gateway(server, sleep, retry=retry, timeout_s=0.2).prose(
+            "chapter_draft", draft_input()
+        )
+
+    assert len(server.requests) == 2
+
+
+# --- permanent failures --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [
+        (401, "check the API key for reviewer"),
+        (403, "not allowed to use this model"),
+        (404, "check the model name and base URL for reviewer"),
+        (400, "bad request detail"),
+    ],
+)
+async def test_client_errors_fail_immediately(server: FakeOpenAI, status: int, hint: str) -> None:
+    server.script(Reply(status=status, error="bad request detail"), Reply(text=verdict_json()))
+    sleep = SleepRecorder()
+
+    with pytest.raises(ModelError) as caught:
+        await gateway(server, sleep).structured("chapter_review", review_input(), Verdict)
+
+    error = caught.value
+    assert type(error) is ModelError
+    assert hint in str(error)
+    assert error.agent == "reviewer"
+    assert error.data["status"] == status
+    assert len(server.requests) == 1
+    assert sleep.delays == []
+
+
+async def test_cancellation_propagates_untouched(server: FakeOpenAI) -> None:
+    server.script(Reply(text="never", delay=5.0))
+    sleep = SleepRecorder()
+    call = asyncio.create_task(gateway(server, sleep).prose("chapter_draft", draft_input()))
+    while not server.requests:
+        await asyncio.sleep(0.01)
+
+    call.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert sleep.delays == []
+    assert len(server.requests) == 1
+
+
+# --- prose ---------------------------------------------------------------------------
+
+
+async def test_prose_streams_the_full_text(server: FakeOpenAI) -> None:
+    text = "The lamp had been dark for nine winters.\n\nMara climbed anyway. " * 5
+    server.script(Reply(text=text, chunk_size=3))
+
+    answer = await gateway(server, SleepRecorder()).prose("chapter_draft", draft_input())
+
+    assert answer == text.strip()
+    system, human = server.messages(0)
+    assert "writer" in system["content"]
+    assert "JSON schema" not in system["content"]
+    assert human["content"].startswith("Task: chapter_draft")
+
+
+async def test_empty_prose_is_repaired_then_rejected(server: FakeOpenAI) -> None:
+    server.script(Reply(text="   \n"), Reply(text="Now with words."))
+    gw = gateway(server, SleepRecorder())
+
+    assert await gw.prose("chapter_draft", draft_input()) == "Now with words."
+    assert "empty" in server.messages(1)[-1]["content"]
+
+    server.script(Reply(text=""), Reply(text="<think>hmm</think>\n"))
+    with pytest.raises(ModelOutputError, match="writer returned an empty chapter_draft answer"):
+        await gw.prose("chapter_draft", draft_input())
+    assert len(server.requests) == 4
+
+
+async def test_wrong_task_kind_or_input_is_rejected(server: FakeOpenAI) -> None:
+    gw = gateway(server, SleepRecorder())
+
+    with pytest.raises(InvalidInput, match="prose"):
+        await gw.structured("chapter_draft", draft_input(), Verdict)
+    with pytest.raises(InvalidInput, match="ReviewInput"):
+        await gw.structured("chapter_review", draft_input(), Verdict)
+    with pytest.raises(InvalidInput, match="unknown model task"):
+        await gw.prose("chapter_poem", draft_input())
+    assert server.requests == []
+
+
+# --- LangGraph streaming ---------------------------------------------------------------
+
+
+class _State(TypedDict):
+    text: str
+
+
+async def test_tokens_reach_langgraph_messages_stream(server: FakeOpenAI) -> None:
+    text = "Salt wind. A door. A key that did not fit."
+    server.script(Reply(text=text, chunk_size=5))
+    gw = gateway(server, SleepRecorder())
+
+    async def write(state: _State) -> _State:
+        return {"text": await gw.prose("chapter_draft", draft_input())}
+
+    builder = StateGraph(_State)
+    builder.add_node("write", write)
+    builder.add_edge(START, "write")
+    builder.add_edge("write", END)
+    graph = builder.compile()
+
+    tokens: list[str] = []
+    metadata: list[dict[str, Any]] = []
+    async for message, meta in graph.astream({"text": ""}, stream_mode="messages"):
+        assert isinstance(message, AIMessageChunk)
+        tokens.append(message.text)
+        metadata.append(meta)
+
+    assert "".join(tokens) == text
+    assert len([t for t in tokens if t]) == 9  # streamed piece by piece, not all at once
+    assert all(m["langgraph_node"] == "write" for m in metadata)
+    assert all(m["agent"] == "writer" and m["task"] == "chapter_draft" for m in metadata)
+    assert all("agent:writer" in m["tags"] for m in metadata)
+
+
+# --- factory, labels, JSON mode -------------------------------------------------------
+
+
+def test_build_chat_model_settings(server: FakeOpenAI) -> None:
+    model = build_chat_model(
+        ModelConfig(
+            model="m1",
+            base_url=server.base_url,
+            api_key="sk-1",
+            temperature=0.2,
+            max_tokens=321,
+            timeout_s=9.0,
+        )
+    )
+
+    assert model._llm_type == "openai-chat"
+    dumped = {
+        "model_name": getattr(model, "model_name", None),
+        "temperature": getattr(model, "temperature", None),
+        "max_tokens": getattr(model, "max_tokens", None),
+        "request_timeout": getattr(model, "request_timeout", None),
+        "max_retries": getattr(model, "max_retries", None),
+        "streaming": getattr(model, "streaming", None),
+        "stream_usage": getattr(model, "stream_usage", None),
+    }
+    assert dumped == {
+        "model_name": "m1",
+        "temperature": 0.2,
+        "max_tokens": 321,
+        "request_timeout": 9.0,
+        "max_retries": 0,
+        "streaming": True,
+        "stream_usage": True,
+    }
+
+
+def test_describe_labels_each_agent(server: FakeOpenAI) -> None:
+    configs: dict[Agent, ModelConfig | None] = {
+        "director": ModelConfig(model="gpt-4o-mini", api_key="sk-x"),
+        "worldsmith": config(server, model="local-llama"),
+        "writer": config(server, model="writer-model", base_url=server.base_url + "/"),
+        "reviewer": config(server, model="judge", api_key=None),
+    }
+
+    gw = build_gateway(configs, RETRY)
+
+    assert gw.describe() == {
+        "director": "gpt-4o-mini @ https://api.openai.com/v1",
+        "worldsmith": f"local-llama @ {server.base_url}",
+        "writer": f"writer-model @ {server.base_url}",
+        "reviewer": f"judge @ {server.base_url}",
+    }
+    assert gw.offline_agents == []
+    assert gw.model_for("writer") is not gw.model_for("reviewer")
+
+
+class _OfflineStandIn(BaseChatModel):
+    """A tiny local model reporting the offline model's type."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "offline"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        task_line = str(messages[-1].content).splitlines()[0]
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(f"Offline: {task_line}"))])
+
+
+async def test_offline_agents_and_non_openai_models(server: FakeOpenAI) -> None:
+    online = build_chat_model(config(server, model="judge"))
+    gw = ModelGateway(
+        {"reviewer": online, "writer": _OfflineStandIn(), "director": _OfflineStandIn()},
+        retry=RETRY,
+        sleep=SleepRecorder(),
+    )
+
+    assert gw.describe() == {
+        "director": "offline",
+        "writer": "offline",
+        "reviewer": f"judge @ {server.base_url}",
+    }
+    assert gw.offline_agents == ["director", "writer"]
+    assert await gw.prose("chapter_draft", draft_input()) == "Offline: Task: chapter_draft"
+    with pytest.raises(ConfigurationError, match="no model is configured for the worldsmith"):
+        gw.model_for("worldsmith")
+    assert server.requests == []
+
+
+async def test_json_mode_is_bound_to_structured_calls_only(server: FakeOpenAI) -> None:
+    json_config = config(server, json_mode=True)
+    gw = build_gateway(
+        {agent: json_config for agent in ("director", "worldsmith", "writer", "reviewer")}, RETRY
+    )
+    server.script(Reply(text=verdict_json(summary="JSON mode.")), Reply(text="Prose stays free."))
+
+    verdict = await gw.structured("chapter_review", review_input(), Verdict)
+    prose = await gw.prose("chapter_draft", draft_input())
+
+    assert verdict.summary == "JSON mode."
+    assert prose == "Prose stays free."
+    assert server.requests[0]["response_format"] == {"type": "json_object"}
+    assert "response_format" not in server.requests[1]
+

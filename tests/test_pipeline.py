@@ -1,0 +1,157 @@
+"""The whole pipeline on the embedded default with the offline model."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from memory.retrieval.chunking import split_passages
+from nodes.session import validate_request
+from server.backends import Backends
+from server.sessions import Sessions, thread_config
+
+PREMISE = "A lighthouse keeper named Ada Quill finds a brass key that opens a door under the sea."
+
+pytestmark = pytest.mark.slow
+
+
+async def test_three_chapter_book(backends: Backends) -> None:
+    sessions = Sessions(backends)
+    events: list[dict[str, Any]] = []
+    result = await sessions.start(validate_request(PREMISE, 3, "fantasy"), events.append)
+    sid = result.session_id
+    assert result.status == "completed"
+    assert result.gate is None
+
+    # chapters: stored once each, in order, with text, title and summary
+    chapters = await backends.store.list_chapters(sid)
+    assert [c.number for c in chapters] == [1, 2, 3]
+    for chapter in chapters:
+        assert chapter.word_count > 100
+        assert chapter.title and chapter.summary
+    record = await backends.store.get_novel(sid)
+    assert record.status == "completed"
+    assert record.title
+
+    # world: seeded entities and facts recorded by chapters, valid from those chapters
+    world = backends.context.world
+    seed = await world.world_as_of(sid, 0)
+    final = await world.world_as_of(sid, 3)
+    kinds = {e.kind for e in seed.entities}
+    assert {"character", "location"} <= kinds
+    assert len(final.entities) >= len(seed.entities)
+    chapter_facts = [f for f in final.facts if f.source_chapter >= 1]
+    assert chapter_facts, "the worldsmith recorded nothing the chapters changed"
+    assert all(f.valid_from_chapter == f.source_chapter for f in chapter_facts)
+    for character in (e for e in final.entities if e.kind == "character"):
+        assert "status" in final.attributes(character.key)
+
+    # retrieval: every chapter indexed, and searching before chapter 3 sees only 1 and 2
+    for chapter in chapters:
+        expected = len(split_passages(chapter.text))
+        assert await backends.context.passages.count(sid, chapter.number) == expected
+    hits = await backends.context.passages.search(sid, chapters[0].text[:200], before_chapter=3)
+    assert hits
+    assert {h.passage.chapter for h in hits} <= {1, 2}
+    assert hits[0].passage.chapter == 1
+
+    # checkpoints: a history, a finished state without chapter texts in it
+    config = thread_config(sid)
+    history = [s async for s in backends.graph.aget_state_history(config)]
+    assert len(history) > 10
+    final_state = history[0].values
+    assert final_state["done"] is True
+    assert final_state["accepted"] == 3
+    blob = pickle.dumps(final_state)
+    assert all(c.text[:300] not in str(final_state) for c in chapters)
+    assert len(blob) < 20_000
+
+    # progress events name agents and chapters
+    agents = {e["agent"] for e in events}
+    assert agents == {"director", "worldsmith", "writer", "reviewer"}
+    assert any(e["step"] == "recorded" and e["chapter"] == 3 for e in events)
+
+
+async def test_revision_loop_is_bounded(backends: Backends) -> None:
+    """With an unreachable bar every chapter is revised exactly max_revisions times."""
+    strict = replace(
+        backends, context=replace(backends.context, options=replace(backends.context.options, accept_score=10))
+    )
+    sessions = Sessions(strict)
+    events: list[dict[str, Any]] = []
+    result = await sessions.start(validate_request(PREMISE, 2), events.append)
+    assert result.status == "completed"
+    for number in (1, 2):
+        versions = await backends.store.list_versions(result.session_id, number)
+        assert [v.kind for v in versions] == ["draft"] * 3
+        assert len({v.text for v in versions}) == 3, "revisions must change the draft"
+        chapter = await backends.store.get_chapter(result.session_id, number)
+        assert chapter.current_version_id == versions[-1].id
+    decisions = [e["step"] for e in events if e["agent"] == "reviewer" and e["step"] != "reviewing"]
+    assert decisions == ["revise", "revise", "accept_with_issues"] * 2
+
+
+async def test_pause_edit_revise_resume(backends: Backends) -> None:
+    sessions = Sessions(backends)
+    request = validate_request(PREMISE, 2, "fantasy", ["outline", "chapter"])
+    result = await sessions.start(request)
+    sid = result.session_id
+    assert result.status == "paused"
+    assert result.gate is not None and result.gate.kind == "outline"
+    original = result.gate.payload["outline"]
+    assert len(original) == 2
+    assert (await backends.store.get_novel(sid)).status == "paused"
+
+    # revise the outline: the director plans again with the notes
+    result = await sessions.resume(sid, {"action": "revise", "notes": "Give the sea a voice."})
+    assert result.gate is not None and result.gate.kind == "outline"
+    assert result.gate.payload["outline"] != original
+
+    # edit the outline: the author's titles stand
+    edited = [
+        {"number": 1, "title": "The Key", "summary": "Ada finds the key in the lamp room."},
+        {"number": 2, "title": "The Door", "summary": "Ada opens the door under the sea."},
+    ]
+    result = await sessions.resume(sid, {"action": "edit", "outline": edited})
+    assert result.gate is not None and result.gate.kind == "chapter"
+    assert result.gate.payload["chapter"] == 1
+    snapshot = await backends.graph.aget_state(thread_config(sid))
+    assert [c["title"] for c in snapshot.values["outline"]] == ["The Key", "The Door"]
+
+    # a bad decision changes nothing
+    with pytest.raises(Exception, match="invalid resume value"):
+        await sessions.resume(sid, {"action": "edit"})
+    still = await sessions.gate(sid)
+    assert still is not None and still.payload["chapter"] == 1
+
+    # revise chapter 1 with notes: a new draft, and the gate comes back
+    before = await backends.store.get_chapter(sid, 1)
+    result = await sessions.resume(sid, {"action": "revise", "notes": "More salt spray."})
+    assert result.gate is not None and result.gate.payload["chapter"] == 1
+    after = await backends.store.get_chapter(sid, 1)
+    assert after.current_version_id != before.current_version_id
+    assert after.text != before.text
+
+    # edit chapter 1: the author's text replaces it; index and facts are redone
+    text = (
+        "Ada Quill climbed the lighthouse stairs with the marmalade lantern.\n\n"
+        "At the top she found the tide clock stopped at midnight, and she wound it."
+    )
+    result = await sessions.resume(sid, {"action": "edit", "text": text, "title": "Tide Clock"})
+    assert result.gate is not None and result.gate.payload["chapter"] == 2
+    chapter1 = await backends.store.get_chapter(sid, 1)
+    assert chapter1.text == text
+    assert chapter1.title == "Tide Clock"
+    versions = await backends.store.list_versions(sid, 1)
+    assert versions[-1].kind == "edit" and versions[-1].id == chapter1.current_version_id
+    passages = backends.context.passages
+    assert await passages.count(sid, 1) == len(split_passages(text))
+    hits = await passages.search(sid, "marmalade lantern", before_chapter=2, limit=1)
+    assert "marmalade" in hits[0].passage.text
+
+    result = await sessions.resume(sid, {"action": "approve"})
+    assert result.status == "completed"
+    assert [c.number for c in await backends.store.list_chapters(sid)] == [1, 2]

@@ -1,11 +1,11 @@
 """The ``novel`` graph: wiring only. Nodes live in ``nodes/``, routing in ``graphs.routing``.
 
-    intake → director_plan → outline_gate ──(revise)──→ director_plan
-                                 └─(approve/edit)→ worldsmith_seed → director_beats
-    director_beats → writer → reviewer ──(revise)──→ writer
-                                 └─(accept)→ commit_chapter → worldsmith_update → chapter_gate
-    chapter_gate ─(revise)→ writer │ ─(edit)→ commit_chapter │ → next_chapter → director_beats
-                 └─(last chapter)→ finish → END
+intake → director_plan → outline_gate ──(revise)──→ director_plan
+                             └─(approve/edit)→ worldsmith_seed → director_beats
+director_beats → writer → reviewer ──(revise)──→ writer
+                             └─(accept)→ commit_chapter → worldsmith_update → chapter_gate
+chapter_gate ─(revise)→ writer │ ─(edit)→ commit_chapter │ → next_chapter → director_beats
+             └─(last chapter)→ finish → END
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-import memory.app.tables  # noqa: F401  (registers app tables on Base.metadata)
+import memory.app.tables
 import memory.world.tables  # noqa: F401  (registers world tables on Base.metadata)
 from memory.db import Base
 

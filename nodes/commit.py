@@ -36,4 +36,4 @@ async def commit_chapter(state: NovelState, runtime: Runtime[ScribeContext]) -> 
         passages=count,
         words=len(version.text.split()),
     )
-    return {"chapter_gate": None}
+    return {}

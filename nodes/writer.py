@@ -47,8 +47,8 @@ async def writer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str
     draft_id = state.get("draft_id")
     if draft_id and (revision > 0 or notes):
         previous_draft = (await ctx.store.get_version(draft_id)).text
-        verdict = state.get("verdict") or {}
-        issues = [ReviewIssue(**i) for i in verdict.get("issues", [])]
+        verdict = state.get("verdict")
+        issues = [ReviewIssue(**i) for i in (verdict["issues"] if verdict else [])]
     summaries = state.get("recent_summaries", [])
     text = await ctx.models.prose(
         "chapter_draft",

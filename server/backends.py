@@ -102,7 +102,11 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
         checkpointer = AsyncSqliteSaver(conn)
         await checkpointer.setup()
 
-        models = build_gateway({a: settings.model_for(a) for a in AGENTS}, settings.retry)
+        models = build_gateway(
+            {a: settings.model_for(a) for a in AGENTS},
+            settings.retry,
+            offline_tokens_per_second=settings.offline_tokens_per_second,
+        )
         context = ScribeContext(
             models=models,
             store=store,

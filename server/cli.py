@@ -404,7 +404,10 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scribe`` console script."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed on one line
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return asyncio.run(_COMMANDS[args.command](args))
     except (InvalidInput, NotFound, Conflict, ConfigurationError) as exc:

@@ -166,7 +166,7 @@ class Sessions:
         record = await store.get_novel(session_id)
         return RunResult(session_id, record.status, None)
 
-    async def list(self) -> list[NovelRecord]:
+    async def list_sessions(self) -> list[NovelRecord]:
         """Every session, newest first."""
         return await self._b.store.list_novels()
 

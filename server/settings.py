@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     model_timeout_s: float = Field(default=120.0, gt=0)
     model_retries: int = Field(default=4, ge=1, le=10)
     json_mode: bool = False
+    offline_tokens_per_second: float | None = Field(default=None, gt=0)
+    """Slow the offline model to a fixed streaming rate (benchmarks, crash tests)."""
     director: AgentModelSettings = AgentModelSettings()
     worldsmith: AgentModelSettings = AgentModelSettings()
     writer: AgentModelSettings = AgentModelSettings()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,12 +16,11 @@ _ENV_NAMES = ("DATABASE_URL", "QDRANT_URL", "QDRANT_API_KEY")
 
 
 @pytest.fixture(autouse=True)
-def hermetic_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never pick up a developer's model keys or service URLs."""
     for name in list(os.environ):
         if name.startswith(_ENV_PREFIXES) or name in _ENV_NAMES:
             monkeypatch.delenv(name, raising=False)
-    yield
 
 
 @pytest.fixture

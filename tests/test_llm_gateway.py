@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import json
 from collections import deque
 from collections.abc import AsyncIterator
@@ -33,7 +35,7 @@ from memory.errors import (
 )
 from nodes.llm.config import ModelConfig, RetryPolicy
 from nodes.llm.factory import build_chat_model, build_gateway
-from nodes.llm.gateway import ModelGateway
+from nodes.llm.gateway import ModelGateway, classify_failure, retry_after_seconds
 from nodes.schemas import (
     Agent,
     Beat,
@@ -62,6 +64,8 @@ class Reply:
     """Seconds to wait before sending anything (to provoke client timeouts)."""
     stall: float = 0.0
     """Seconds to go silent after the first content chunk (mid-stream timeout)."""
+    drop: bool = False
+    """Close the connection right after the first content chunk."""
     chunk_size: int = 7
 
 
@@ -75,6 +79,8 @@ class FakeOpenAI:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
+        self.received = asyncio.Event()
+        """Set once the first chat request has been read."""
 
     @property
     def base_url(self) -> str:
@@ -128,6 +134,7 @@ class FakeOpenAI:
                 return
             payload = json.loads(body)
             self.requests.append(payload)
+            self.received.set()
             reply = (
                 self.replies.popleft()
                 if self.replies
@@ -164,44 +171,44 @@ class FakeOpenAI:
     async def _send_stream(
         self, writer: asyncio.StreamWriter, reply: Reply, payload: dict[str, Any]
     ) -> None:
+        # Chunked like real servers, so a connection dropped early is detectably incomplete.
         head = (
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-            "Connection: close\r\n\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         )
         writer.write(head.encode())
         model = payload.get("model", "test-model")
 
-        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            chunk = {
+        def send(data: dict[str, Any] | str) -> None:
+            text = data if isinstance(data, str) else json.dumps(data)
+            body = f"data: {text}\n\n".encode()
+            writer.write(f"{len(body):x}\r\n".encode() + body + b"\r\n")
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
                 "id": "chatcmpl-test",
                 "object": "chat.completion.chunk",
                 "created": 1700000000,
                 "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
-            return f"data: {json.dumps(chunk)}\n\n".encode()
 
-        writer.write(event({"role": "assistant", "content": ""}))
-        pieces = [
-            reply.text[i : i + reply.chunk_size] for i in range(0, len(reply.text), reply.chunk_size)
-        ]
+        send(chunk({"role": "assistant", "content": ""}))
+        size = reply.chunk_size
+        pieces = [reply.text[i : i + size] for i in range(0, len(reply.text), size)]
         for number, piece in enumerate(pieces):
-            writer.write(event({"content": piece}))
+            send(chunk({"content": piece}))
             await writer.drain()
+            if number == 0 and reply.drop:
+                return  # close without the terminating chunk: a dropped connection
             if number == 0 and reply.stall and not await self._pause(reply.stall):
                 return
-        writer.write(event({}, "stop"))
+        send(chunk({}, "stop"))
         if payload.get("stream_options", {}).get("include_usage"):
-            usage = {
-                "id": "chatcmpl-test",
-                "object": "chat.completion.chunk",
-                "created": 1700000000,
-                "model": model,
-                "choices": [],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-            }
-            writer.write(f"data: {json.dumps(usage)}\n\n".encode())
-        writer.write(b"data: [DONE]\n\n")
+            usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+            send({**chunk({}), "choices": [], "usage": usage})
+        send("[DONE]")
+        writer.write(b"0\r\n\r\n")
         await writer.drain()
 
 
@@ -251,7 +258,7 @@ def gateway(
     """A gateway whose four agents all talk to the fake server."""
     model = build_chat_model(config(server, **overrides))
     agents: tuple[Agent, ...] = ("director", "worldsmith", "writer", "reviewer")
-    return ModelGateway({agent: model for agent in agents}, retry=retry, sleep=sleep)
+    return ModelGateway(dict.fromkeys(agents, model), retry=retry, sleep=sleep)
 
 
 # --- task inputs and answers ---------------------------------------------------------
@@ -276,7 +283,9 @@ def beats() -> ChapterBeats:
 
 def review_input() -> ReviewInput:
     """Reviewer input for :data:`DRAFT`."""
-    return ReviewInput(chapter=1, beats=beats(), draft=DRAFT, world=WorldBrief(chapter=1), revision=0)
+    return ReviewInput(
+        chapter=1, beats=beats(), draft=DRAFT, world=WorldBrief(chapter=1), revision=0
+    )
 
 
 def draft_input() -> DraftInput:
@@ -441,7 +450,9 @@ async def test_check_problem_persisting_raises(server: FakeOpenAI) -> None:
         )
 
     assert "'nah'" in str(caught.value)
-    assert caught.value.data["errors"] == quotes_in_draft(Verdict.model_validate_json(verdict_json(quote="nah")))
+    assert caught.value.data["errors"] == quotes_in_draft(
+        Verdict.model_validate_json(verdict_json(quote="nah"))
+    )
 
 
 # --- transient failures ---------------------------------------------------------------
@@ -521,6 +532,19 @@ async def test_stalled_stream_is_retried(server: FakeOpenAI) -> None:
     assert len(server.requests) == 2
 
 
+async def test_dropped_connection_is_retried_without_leaking_partial_text(
+    server: FakeOpenAI,
+) -> None:
+    server.script(Reply(text="PARTIAL answer that breaks", drop=True), Reply(text="Complete."))
+    sleep = SleepRecorder()
+
+    text = await gateway(server, sleep).prose("chapter_draft", draft_input())
+
+    assert text == "Complete."
+    assert len(server.requests) == 2
+    assert len(sleep.delays) == 1
+
+
 async def test_timeouts_exhausting_attempts_raise_unavailable(server: FakeOpenAI) -> None:
     server.script(Reply(delay=2.0), Reply(delay=2.0))
     sleep = SleepRecorder()
@@ -532,6 +556,58 @@ async def test_timeouts_exhausting_attempts_raise_unavailable(server: FakeOpenAI
         )
 
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("module_name", ["httpx", "httpx2"])
+def test_raw_transport_errors_are_classified(module_name: str) -> None:
+    httpx = pytest.importorskip(module_name)
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+
+    assert classify_failure(httpx.ReadTimeout("slow", request=request)) == "transient"
+    assert classify_failure(httpx.RemoteProtocolError("peer closed", request=request)) == (
+        "transient"
+    )
+    assert classify_failure(httpx.ConnectError("refused", request=request)) == "transient"
+    assert classify_failure(httpx.UnsupportedProtocol("ftp://")) == "permanent"
+    assert classify_failure(asyncio.TimeoutError())  # noqa: UP041 - the alias is the point == "transient"
+    assert classify_failure(ValueError("a bug")) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_header_forms(headers: dict[str, str], expected: float | None) -> None:
+    httpx = pytest.importorskip("httpx")
+    response = httpx.Response(429, headers=headers)
+
+    assert retry_after_seconds(_WithResponse(response)) == expected
+
+
+def test_retry_after_http_date_in_the_future() -> None:
+    httpx = pytest.importorskip("httpx")
+    when = email.utils.format_datetime(
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30), usegmt=True
+    )
+
+    delay = retry_after_seconds(_WithResponse(httpx.Response(429, headers={"retry-after": when})))
+
+    assert delay is not None
+    assert 25.0 <= delay <= 30.0
+
+
+class _WithResponse(Exception):
+    """An error carrying an HTTP response, as openai's status errors do."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__("status error")
+        self.response = response
 
 
 # --- permanent failures --------------------------------------------------------------
@@ -566,8 +642,7 @@ async def test_cancellation_propagates_untouched(server: FakeOpenAI) -> None:
     server.script(Reply(text="never", delay=5.0))
     sleep = SleepRecorder()
     call = asyncio.create_task(gateway(server, sleep).prose("chapter_draft", draft_input()))
-    while not server.requests:
-        await asyncio.sleep(0.01)
+    await server.received.wait()
 
     call.cancel()
 
@@ -644,6 +719,7 @@ async def test_tokens_reach_langgraph_messages_stream(server: FakeOpenAI) -> Non
     async for message, meta in graph.astream({"text": ""}, stream_mode="messages"):
         assert isinstance(message, AIMessageChunk)
         tokens.append(message.text)
+        assert isinstance(meta, dict)
         metadata.append(meta)
 
     assert "".join(tokens) == text
@@ -750,7 +826,7 @@ async def test_offline_agents_and_non_openai_models(server: FakeOpenAI) -> None:
 async def test_json_mode_is_bound_to_structured_calls_only(server: FakeOpenAI) -> None:
     json_config = config(server, json_mode=True)
     gw = build_gateway(
-        {agent: json_config for agent in ("director", "worldsmith", "writer", "reviewer")}, RETRY
+        dict.fromkeys(("director", "worldsmith", "writer", "reviewer"), json_config), RETRY
     )
     server.script(Reply(text=verdict_json(summary="JSON mode.")), Reply(text="Prose stays free."))
 
@@ -761,4 +837,3 @@ async def test_json_mode_is_bound_to_structured_calls_only(server: FakeOpenAI) -
     assert prose == "Prose stays free."
     assert server.requests[0]["response_format"] == {"type": "json_object"}
     assert "response_format" not in server.requests[1]
-

@@ -78,7 +78,10 @@ async def test_three_chapter_book(backends: Backends) -> None:
 async def test_revision_loop_is_bounded(backends: Backends) -> None:
     """With an unreachable bar every chapter is revised exactly max_revisions times."""
     strict = replace(
-        backends, context=replace(backends.context, options=replace(backends.context.options, accept_score=10))
+        backends,
+        context=replace(
+            backends.context, options=replace(backends.context.options, accept_score=10)
+        ),
     )
     sessions = Sessions(strict)
     events: list[dict[str, Any]] = []

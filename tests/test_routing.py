@@ -14,7 +14,9 @@ from nodes.schemas import ReviewIssue, Scores, Verdict
 
 def _verdict(lowest: int, *, major: bool = False) -> Verdict:
     issues = [
-        ReviewIssue(severity="major" if major else "minor", category="prose", quote="x", problem="p")
+        ReviewIssue(
+            severity="major" if major else "minor", category="prose", quote="x", problem="p"
+        )
     ]
     return Verdict(
         scores=Scores(prose=9, coherence=9, pacing=lowest, character=9, consistency=9),

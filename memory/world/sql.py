@@ -14,9 +14,16 @@ conformance suite (``tests/conformance/test_world_memory.py``):
 * attribute facts are single-valued among attributes, exclusive relations among
   relationships of that type; within one batch the last assertion of a single-valued
   fact wins and a batch never ends a fact it asserts itself (so re-applying is a no-op);
+* a new value takes over the rest of the interval of the value valid at its chapter, so
+  a chapter applied out of order (after later ones) ends where the later change begins;
+  a ``FactEnd`` ends only facts still open;
+* retracting a chapter gives each fact it closed the end it would have had without that
+  chapter (the end its successor took over, or none);
 * an attribute fact restating a fixed attribute is dropped, contradicting one is rejected;
 * set-ups keep one version per recording chapter, so a retracted re-plan restores the
   previous plan; paying off an unknown set-up is rejected;
+* snapshots leave out aliases, fixed attributes and descriptions recorded after their
+  chapter, and facts naming an entity that is not visible;
 * ``neighbourhood`` of an unknown entity is an empty snapshot.
 """
 
@@ -97,6 +104,19 @@ def _fact_label(subject: str, predicate: str, value: str | None, obj: str | None
     return f"fact {subject}.{predicate}={value!r}"
 
 
+Slot = tuple[str, str, str, str | None]
+
+
+def _slot(subject: str, predicate: str, value: str | None, obj: str | None) -> Slot:
+    """Facts sharing a slot replace one another over time: one slot per attribute and per
+    exclusive relation type, and one per (type, object) for other relationships."""
+    if value is not None:
+        return (subject, predicate, _ATTRIBUTE, None)
+    if predicate in EXCLUSIVE_RELATIONS:
+        return (subject, predicate, _RELATION, None)
+    return (subject, predicate, _RELATION, obj)
+
+
 def _fact_sort_key(fact: Fact) -> tuple[str, str, str, str, int, int]:
     return (
         fact.subject,
@@ -110,11 +130,9 @@ def _fact_sort_key(fact: Fact) -> tuple[str, str, str, str, int, int]:
 
 @asynccontextmanager
 async def _storage_errors(action: str) -> AsyncIterator[None]:
-    """Turn driver failures into :class:`StorageError` (integrity errors pass through)."""
+    """Turn driver failures into :class:`StorageError`."""
     try:
         yield
-    except IntegrityError:
-        raise
     except SQLAlchemyError as exc:
         raise StorageError(f"world memory could not {action}: {exc}", action=action) from exc
 
@@ -158,8 +176,8 @@ class _FactState:
     id: int | None = None
 
     @property
-    def family(self) -> str:
-        return _ATTRIBUTE if self.value is not None else _RELATION
+    def slot(self) -> Slot:
+        return _slot(self.subject, self.predicate, self.value, self.object)
 
     def same_content(self, other: _FactState) -> bool:
         return (self.value, self.object) == (other.value, other.object)
@@ -507,7 +525,7 @@ class _Batch:
 
     def _validate_facts(self, pending: Sequence[FactSpec]) -> list[_FactState]:
         """Checked facts, collapsed so each single-valued (subject, predicate) occurs once."""
-        collapsed: dict[tuple[str, str, str, str | None], _FactState] = {}
+        collapsed: dict[Slot, _FactState] = {}
         for spec in pending:
             subject = spec.subject.strip()
             predicate = spec.predicate.strip()
@@ -532,11 +550,9 @@ class _Batch:
                     # A restated fixed attribute adds nothing: the fixed value already says it.
                     continue
             fact = _FactState(subject, predicate, value, obj, self.chapter, None)
-            single = value is not None or predicate in EXCLUSIVE_RELATIONS
-            slot = (subject, predicate, fact.family, None if single else obj)
             # Earlier assertions of the same single-valued slot would hold for no chapter.
-            collapsed.pop(slot, None)
-            collapsed[slot] = fact
+            collapsed.pop(fact.slot, None)
+            collapsed[fact.slot] = fact
         return list(collapsed.values())
 
     async def _load_facts(
@@ -612,18 +628,21 @@ class _Batch:
         new: list[_FactState] = []
         for fact in asserted:
             bucket = stored[(fact.subject, fact.predicate)]
-            family = [f for f in bucket if f.family == fact.family]
-            if any(f.valid_at(c) and f.same_content(fact) for f in family):
+            slot = [f for f in bucket if f.slot == fact.slot]
+            if any(f.valid_at(c) and f.same_content(fact) for f in slot):
                 continue
-            single = fact.value is not None or fact.predicate in EXCLUSIVE_RELATIONS
-            if single:
-                for other in family:
-                    if other.valid_to is None and other.valid_from <= c:
-                        close(other, bucket)
-                # Applied out of order: a value recorded for a later chapter bounds this one.
-                later = [f.valid_from for f in family if f.valid_from > c]
-                if later:
-                    fact = replace(fact, valid_to=min(later), closed_by=min(later))
+            current = [f for f in slot if f.valid_at(c)]
+            later = [f.valid_from for f in slot if f.valid_from > c]
+            if current:
+                # The new value takes over the rest of the current one's interval, so that
+                # whatever ends it (a later value, a FactEnd) ends the new one instead; this
+                # also places values applied out of chapter order correctly.
+                taken = max(current, key=lambda f: (f.valid_to is None, f.valid_to or 0))
+                fact = replace(fact, valid_to=taken.valid_to, closed_by=taken.closed_by)
+                for other in current:
+                    close(other, bucket)
+            elif later:
+                fact = replace(fact, valid_to=min(later), closed_by=min(later))
             bucket.append(fact)
             new.append(fact)
 
@@ -872,7 +891,8 @@ async def _read_entities(
     for a in await conn.execute(alias_query.order_by(AliasRow.id)):
         aliases[a.entity_id].append((a.alias, a.alias_norm))
     fixed: dict[int, dict[str, str]] = defaultdict(dict)
-    for f in await conn.execute(fixed_query.order_by(FixedAttributeRow.name)):
+    # Sorted in Python: database collations order names differently.
+    for f in sorted(await conn.execute(fixed_query), key=lambda f: f.name):
         fixed[f.entity_id][f.name] = f.value
     found: dict[str, Entity] = {}
     for r in rows:
@@ -962,6 +982,62 @@ def _snapshot(
     )
 
 
+async def _reopen_facts_closed_by(conn: AsyncConnection, novel_id: str, chapter: int) -> None:
+    """Give every fact closed by ``chapter`` the end it would have had without it.
+
+    A fact replaced at ``chapter`` handed the rest of its interval to its successor, so it
+    takes that end back from the successor (the one recorded at ``chapter`` in the same
+    slot that ``chapter`` itself did not close); a fact merely ended there reopens.
+    """
+    closed = list(
+        await conn.execute(
+            select(
+                FactRow.id,
+                FactRow.subject_key,
+                FactRow.predicate,
+                FactRow.value,
+                FactRow.object_key,
+            ).where(
+                FactRow.novel_id == novel_id,
+                FactRow.closed_by_chapter == chapter,
+                FactRow.source_chapter != chapter,
+                FactRow.retracted.is_(False),
+            )
+        )
+    )
+    if not closed:
+        return
+    successors: dict[Slot, tuple[int | None, int | None]] = {}
+    for r in await conn.execute(
+        select(
+            FactRow.subject_key,
+            FactRow.predicate,
+            FactRow.value,
+            FactRow.object_key,
+            FactRow.valid_to_chapter,
+            FactRow.closed_by_chapter,
+        ).where(
+            FactRow.novel_id == novel_id,
+            FactRow.source_chapter == chapter,
+            FactRow.retracted.is_(False),
+            or_(FactRow.closed_by_chapter.is_(None), FactRow.closed_by_chapter != chapter),
+        )
+    ):
+        slot = _slot(r.subject_key, r.predicate, r.value, r.object_key)
+        successors[slot] = (r.valid_to_chapter, r.closed_by_chapter)
+    params: list[dict[str, Any]] = []
+    for fact in closed:
+        slot = _slot(fact.subject_key, fact.predicate, fact.value, fact.object_key)
+        valid_to, closed_by = successors.get(slot, (None, None))
+        params.append({"b_id": fact.id, "b_to": valid_to, "b_by": closed_by})
+    await conn.execute(
+        update(FactRow)
+        .where(FactRow.id == bindparam("b_id"))
+        .values(valid_to_chapter=bindparam("b_to"), closed_by_chapter=bindparam("b_by")),
+        params,
+    )
+
+
 class SqlWorldMemory(WorldMemory):
     """World memory in the shared SQL database (tables ``world_*``).
 
@@ -982,18 +1058,20 @@ class SqlWorldMemory(WorldMemory):
         _check_novel(novel_id)
         if chapter < 0:
             raise InvalidInput("chapter must be 0 or more", chapter=chapter)
-        for attempt in (1, 2):
-            try:
-                async with _storage_errors("apply changes"), self._engine.begin() as conn:
-                    return await _Batch(conn, novel_id, chapter).run(changes)
-            except IntegrityError as exc:
-                # A concurrent apply inserted the same entity or set-up first; a second
-                # pass sees its rows and merges into them.
-                if attempt == 2:
-                    raise StorageError(
-                        f"world memory could not apply changes: {exc}", novel_id=novel_id
-                    ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return await self._apply_once(novel_id, chapter, changes)
+        except IntegrityError:
+            # A concurrent apply inserted the same entity or set-up first; a second pass
+            # sees its rows and merges into them.
+            pass
+        except SQLAlchemyError as exc:
+            raise StorageError(f"world memory could not apply changes: {exc}") from exc
+        async with _storage_errors("apply changes"):
+            return await self._apply_once(novel_id, chapter, changes)
+
+    async def _apply_once(self, novel_id: str, chapter: int, changes: WorldChanges) -> ApplyResult:
+        async with self._engine.begin() as conn:
+            return await _Batch(conn, novel_id, chapter).run(changes)
 
     async def world_as_of(self, novel_id: str, chapter: int) -> WorldSnapshot:
         """Entities, valid facts and set-ups as they stand at ``chapter``."""
@@ -1098,6 +1176,7 @@ class SqlWorldMemory(WorldMemory):
         _check_novel(novel_id)
         c = chapter
         async with _storage_errors("retract a chapter"), self._engine.begin() as conn:
+            await _reopen_facts_closed_by(conn, novel_id, c)
             await conn.execute(
                 update(FactRow)
                 .where(
@@ -1106,15 +1185,6 @@ class SqlWorldMemory(WorldMemory):
                     FactRow.retracted.is_(False),
                 )
                 .values(retracted=True)
-            )
-            await conn.execute(
-                update(FactRow)
-                .where(
-                    FactRow.novel_id == novel_id,
-                    FactRow.closed_by_chapter == c,
-                    FactRow.retracted.is_(False),
-                )
-                .values(valid_to_chapter=None, closed_by_chapter=None)
             )
             await conn.execute(
                 update(EntityRow)

@@ -3,10 +3,12 @@
 Kept in lock-step with ``migrations/versions/0002_world_memory.py``; a test compares them.
 Constraint names come from the naming convention on :data:`memory.db.Base.metadata`.
 
-Nothing here is ever updated in a way ``retract_chapter`` cannot undo: every row records
+Everything ``retract_chapter`` must undo is traceable to its chapter: every row records
 the chapter that wrote it (``introduced_chapter``, ``recorded_chapter``, ``source_chapter``,
 ``description_chapter``) and every change to an existing row records the chapter that made
-it (``closed_by_chapter``, ``paid_off_chapter``). Retracted rows are kept and hidden.
+it (``closed_by_chapter``, ``paid_off_chapter``). Retracted rows are kept and hidden; facts
+always get new rows, while an entity, alias, fixed attribute or set-up version recorded
+again after its retraction revives the retracted row (their keys are unique).
 
 There is deliberately no foreign key to ``novels``: world memory is a port with non-SQL
 backends and may be used for novels the app store does not know.
@@ -116,7 +118,8 @@ class FactRow(Base):
     """An attribute (``value``) or relationship (``object_key``) with its validity interval.
 
     ``closed_by_chapter`` is the chapter whose changes set ``valid_to_chapter``, so that
-    retracting that chapter can reopen the fact.
+    retracting that chapter can reopen the fact (up to where its successor recorded at
+    that chapter ended, if anywhere).
     """
 
     __tablename__ = "world_facts"

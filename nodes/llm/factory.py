@@ -27,17 +27,20 @@ _KEYLESS_PLACEHOLDER = "not-needed"
 """Sent to custom endpoints configured without a key (Ollama, llama.cpp, vLLM ignore it)."""
 
 
-def build_chat_model(config: ModelConfig | None) -> BaseChatModel:
+def build_chat_model(
+    config: ModelConfig | None, *, offline_tokens_per_second: float | None = None
+) -> BaseChatModel:
     """The chat model for one agent: offline when ``config`` is ``None``, else ChatOpenAI.
 
     The OpenAI client's own retries are disabled (``max_retries=0``) because the gateway
     retries with its own policy and reports the attempts; answers are streamed so
-    LangGraph's ``"messages"`` mode can relay tokens as they arrive.
+    LangGraph's ``"messages"`` mode can relay tokens as they arrive. The offline model can
+    be slowed to a fixed token rate for benchmarks and crash tests.
     """
     if config is None:
         from nodes.llm.offline import OfflineChatModel
 
-        return OfflineChatModel()
+        return OfflineChatModel(tokens_per_second=offline_tokens_per_second)
 
     import openai
     from langchain_openai import ChatOpenAI
@@ -71,12 +74,19 @@ def build_chat_model(config: ModelConfig | None) -> BaseChatModel:
     return model
 
 
-def build_gateway(configs: Mapping[Agent, ModelConfig | None], retry: RetryPolicy) -> ModelGateway:
+def build_gateway(
+    configs: Mapping[Agent, ModelConfig | None],
+    retry: RetryPolicy,
+    *,
+    offline_tokens_per_second: float | None = None,
+) -> ModelGateway:
     """A gateway serving all four agents; an agent without a config gets the offline model."""
     models: dict[Agent, BaseChatModel] = {}
     for agent in AGENTS:
         try:
-            models[agent] = build_chat_model(configs.get(agent))
+            models[agent] = build_chat_model(
+                configs.get(agent), offline_tokens_per_second=offline_tokens_per_second
+            )
         except ConfigurationError as exc:
             raise ConfigurationError(f"{agent}: {exc.message}", agent=agent, **exc.data) from exc
     json_mode = [agent for agent in AGENTS if (c := configs.get(agent)) is not None and c.json_mode]

@@ -59,7 +59,6 @@ OFFLINE_LLM_TYPE = "offline"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 _DEFAULT_RETRY = RetryPolicy()
-_JSON_OBJECT_FORMAT: dict[str, str] = {"type": "json_object"}
 _MAX_LISTED_ERRORS = 20
 """Validation errors quoted back to the model (a broken answer can produce hundreds)."""
 
@@ -195,7 +194,7 @@ class ModelGateway:
         model = self.model_for(spec.agent)
         runnable: Runnable[Any, Any] = model
         if structured and spec.agent in self._json_mode:
-            runnable = model.bind(response_format=_JSON_OBJECT_FORMAT)
+            runnable = model.bind(response_format={"type": "json_object"})
         return _Call(spec.agent, spec.name, runnable, model_label(model))
 
     async def _complete(self, call: _Call, messages: list[BaseMessage], *, repair: bool) -> str:

@@ -51,16 +51,15 @@ TITLES: frozenset[str] = frozenset(
     }
 )  # fmt: skip
 
-STOPWORDS: frozenset[str] = frozenset(
-    """a an the and or but if then than that this these those of in on at to from by for with
-    without into onto over under about after before when while as is are was were be been
-    being has have had do does did not no nor so such its it their they them her his him she
+_STOPWORD_TEXT = """a an the and or but if then than that this these those of in on at to from
+    by for with without into onto over under about after before when while as is are was were be
+    been being has have had do does did not no nor so such its it their they them her his him she
     he we our you your who whom whose which what where why how must can could will would
     shall should may might one two every each all any some more most other only own same
     very just also even still yet again ever never always until upon between across against
     through during finds discovers learns must becomes begins tries wants needs named called
-    there here out up down off away back""".split()
-)
+    there here out up down off away back"""
+STOPWORDS: frozenset[str] = frozenset(_STOPWORD_TEXT.split())
 
 DEAD_STATUSES: frozenset[str] = frozenset({"dead", "deceased", "killed", "destroyed"})
 
@@ -96,15 +95,23 @@ FANTASY = GenreKit(
     genre="fantasy",
     tones=("lyrical and foreboding", "adventurous with a dark edge", "wry, warm and perilous"),
     themes=(
-        "the price of power", "loyalty and betrayal", "memory and forgetting",
-        "inheritance and duty", "faith against doubt", "home and exile",
+        "the price of power",
+        "loyalty and betrayal",
+        "memory and forgetting",
+        "inheritance and duty",
+        "faith against doubt",
+        "home and exile",
     ),
     goals=(
-        "break the old binding before the next moon", "carry the truth to the council in time",
-        "find the heir before the hunters do", "undo the bargain that was made in their name",
+        "break the old binding before the next moon",
+        "carry the truth to the council in time",
+        "find the heir before the hunters do",
+        "undo the bargain that was made in their name",
     ),
     stakes=(
-        "the valley will burn", "the old powers will wake", "everyone they love will forget them",
+        "the valley will burn",
+        "the old powers will wake",
+        "everyone they love will forget them",
         "the crown will pass to a tyrant",
     ),
     reversals=(
@@ -139,20 +146,34 @@ FANTASY = GenreKit(
         ("{rival}-oath", "{rival} once swore an oath at {place} and has never broken it."),
         ("sealed-door", "A sealed door lies beneath {place}, and the keyhole is warm."),
     ),
-    occupations=("cartographer", "blacksmith", "hedge-witch", "archivist", "sellsword", "ferry-keeper", "priest"),  # noqa: E501
+    occupations=(
+        "cartographer",
+        "blacksmith",
+        "hedge-witch",
+        "archivist",
+        "sellsword",
+        "ferry-keeper",
+        "priest",
+    ),
     species=("human", "human", "human", "half-elf"),
     smells=("woodsmoke", "wet stone", "tallow", "pine resin", "horse sweat", "old parchment"),
     sounds=(
-        "a bell tolled twice and fell silent", "ravens argued somewhere overhead",
-        "a cart creaked past on iron wheels", "the river muttered under the bridge",
+        "a bell tolled twice and fell silent",
+        "ravens argued somewhere overhead",
+        "a cart creaked past on iron wheels",
+        "the river muttered under the bridge",
     ),
     details=(
-        "banners hung limp from the walls", "moss had claimed the lower stones",
-        "candles guttered in every window", "someone had chalked a warding sign on the door",
+        "banners hung limp from the walls",
+        "moss had claimed the lower stones",
+        "candles guttered in every window",
+        "someone had chalked a warding sign on the door",
     ),
     weather=(
-        "Rain came in off the hills in long grey sheets.", "The morning was cold and clear.",
-        "A low fog had settled into every hollow.", "The wind smelled of snow.",
+        "Rain came in off the hills in long grey sheets.",
+        "The morning was cold and clear.",
+        "A low fog had settled into every hollow.",
+        "The wind smelled of snow.",
     ),
 )
 
@@ -160,17 +181,24 @@ SCIENCE_FICTION = GenreKit(
     genre="science fiction",
     tones=("tense and cerebral", "wonder-struck but lonely", "gritty and claustrophobic"),
     themes=(
-        "what makes a person", "isolation and connection", "the cost of progress",
-        "memory and identity", "survival against conscience", "the frontier and its price",
+        "what makes a person",
+        "isolation and connection",
+        "the cost of progress",
+        "memory and identity",
+        "survival against conscience",
+        "the frontier and its price",
     ),
     goals=(
         "get the distress signal out before the relay dies",
-        "bring the crew home before the air runs out", "prove the colony's charter is a lie",
+        "bring the crew home before the air runs out",
+        "prove the colony's charter is a lie",
         "decode the signal before the company buries it",
     ),
     stakes=(
-        "the station will be scuttled with everyone aboard", "the colony will starve",
-        "the truth will be erased from every record", "first contact will become a war",
+        "the station will be scuttled with everyone aboard",
+        "the colony will starve",
+        "the truth will be erased from every record",
+        "first contact will become a war",
     ),
     reversals=(
         "the signal was sent by their own ship, years from now",
@@ -208,12 +236,16 @@ SCIENCE_FICTION = GenreKit(
     species=("human", "human", "human", "synthetic"),
     smells=("ozone", "recycled air", "hot solder", "coolant", "burnt coffee", "machine oil"),
     sounds=(
-        "the air scrubbers cycled with a tired sigh", "a pressure door hissed somewhere aft",
-        "the hull ticked as it cooled", "an alarm chirped once and was silenced",
+        "the air scrubbers cycled with a tired sigh",
+        "a pressure door hissed somewhere aft",
+        "the hull ticked as it cooled",
+        "an alarm chirped once and was silenced",
     ),
     details=(
-        "frost had formed on the inside of the viewports", "half the deck lights were dead",
-        "warning stencils had been painted over twice", "cables hung loose from the ceiling",
+        "frost had formed on the inside of the viewports",
+        "half the deck lights were dead",
+        "warning stencils had been painted over twice",
+        "cables hung loose from the ceiling",
     ),
     weather=(
         "The station's night cycle had dimmed every corridor to amber.",
@@ -227,17 +259,24 @@ MYSTERY = GenreKit(
     genre="mystery",
     tones=("wry and atmospheric", "taut and unsettling", "melancholy with sharp edges"),
     themes=(
-        "the truth and its cost", "guilt and atonement", "small towns and big secrets",
-        "justice against mercy", "the past refusing to stay buried", "trust and suspicion",
+        "the truth and its cost",
+        "guilt and atonement",
+        "small towns and big secrets",
+        "justice against mercy",
+        "the past refusing to stay buried",
+        "trust and suspicion",
     ),
     goals=(
-        "name the killer before another body turns up", "clear an innocent name before the trial",
+        "name the killer before another body turns up",
+        "clear an innocent name before the trial",
         "find the missing witness before the storm closes the roads",
         "prove the accident was no accident",
     ),
     stakes=(
-        "the wrong person will hang", "the killer will strike again",
-        "the town will close ranks forever", "the evidence will be lost for good",
+        "the wrong person will hang",
+        "the killer will strike again",
+        "the town will close ranks forever",
+        "the evidence will be lost for good",
     ),
     reversals=(
         "the victim staged the first crime themselves",
@@ -262,7 +301,10 @@ MYSTERY = GenreKit(
         ("Red Ledger", "An account book recording payments to people who are now dead."),
     ),
     rules=(
-        ("Chain of Evidence", "Nothing counts in court unless someone can swear where it has been."),  # noqa: E501
+        (
+            "Chain of Evidence",
+            "Nothing counts in court unless someone can swear where it has been.",
+        ),
         ("Small Town Silence", "Everyone knows everyone's business and tells none of it."),
         ("The Tide Table", "The causeway floods twice a day, and no one crosses it at night."),
     ),
@@ -275,16 +317,22 @@ MYSTERY = GenreKit(
     species=("human",),
     smells=("cigarette smoke", "rain on wool", "old paper", "floor polish", "sea salt", "gin"),
     sounds=(
-        "a telephone rang somewhere and no one answered it", "the clock in the hall struck the hour",  # noqa: E501
-        "footsteps crossed the floor above and stopped", "a car idled too long outside",
+        "a telephone rang somewhere and no one answered it",
+        "the clock in the hall struck the hour",
+        "footsteps crossed the floor above and stopped",
+        "a car idled too long outside",
     ),
     details=(
-        "the curtains had been drawn at midday", "someone had wiped the table very carefully",
-        "a single glass stood unwashed by the sink", "the mirror had been turned to the wall",
+        "the curtains had been drawn at midday",
+        "someone had wiped the table with great care",
+        "a single glass stood unwashed by the sink",
+        "the mirror had been turned to the wall",
     ),
     weather=(
-        "Rain drummed on the windows without pause.", "A sea fret had rolled in overnight.",
-        "The afternoon was hot and airless.", "Frost furred the railings along the front.",
+        "Rain drummed on the windows without pause.",
+        "A sea fret had rolled in overnight.",
+        "The afternoon was hot and airless.",
+        "Frost furred the railings along the front.",
     ),
 )
 
@@ -292,16 +340,24 @@ LITERARY = GenreKit(
     genre="literary fiction",
     tones=("quiet and observant", "bittersweet and tender", "restless and lyrical"),
     themes=(
-        "family and what it owes", "grief and renewal", "leaving and returning",
-        "the stories we tell ourselves", "work and dignity", "love under pressure",
+        "family and what it owes",
+        "grief and renewal",
+        "leaving and returning",
+        "the stories we tell ourselves",
+        "work and dignity",
+        "love under pressure",
     ),
     goals=(
-        "say the thing that has gone unsaid for years", "keep the family house from being sold",
-        "find out who their mother really was", "decide whether to stay or to go",
+        "say the thing that has gone unsaid for years",
+        "keep the family house from being sold",
+        "find out who their mother was before the war",
+        "decide whether to stay or to go",
     ),
     stakes=(
-        "the family will fall apart for good", "the last chance to make amends will pass",
-        "they will become the person they swore never to be", "the house will be lost",
+        "the family will fall apart for good",
+        "the last chance to make amends will pass",
+        "they will become the person they swore never to be",
+        "the house will be lost",
     ),
     reversals=(
         "the letter was never meant for them",
@@ -337,16 +393,22 @@ LITERARY = GenreKit(
     species=("human",),
     smells=("coffee", "cut grass", "diesel", "bread", "damp wool", "lilac"),
     sounds=(
-        "a radio played in another room", "gulls wheeled and complained over the water",
-        "the kettle began to whistle", "a dog barked twice down the road",
+        "a radio played in another room",
+        "gulls wheeled and complained over the water",
+        "the kettle began to whistle",
+        "a dog barked twice down the road",
     ),
     details=(
-        "the wallpaper was peeling at the corners", "boxes stood half-packed along the wall",
-        "the garden had gone to seed", "a calendar still showed last spring",
+        "the wallpaper was peeling at the corners",
+        "boxes stood half-packed along the wall",
+        "the garden had gone to seed",
+        "a calendar still showed last spring",
     ),
     weather=(
-        "It had rained all morning and the light was thin.", "The day was bright and windy.",
-        "A long summer dusk settled over the rooftops.", "Sleet hissed against the glass.",
+        "It had rained all morning and the light was thin.",
+        "The day was bright and windy.",
+        "A long summer dusk settled over the rooftops.",
+        "Sleet hissed against the glass.",
     ),
 )
 
@@ -444,7 +506,7 @@ def mentions(text: str, name: str, aliases: list[str] | tuple[str, ...] = ()) ->
     return False
 
 
-_CAPITALISED = re.compile(r"\b[A-Z][a-z'’-]+(?:\s+(?:[A-Z][a-z'’-]+|of|de|van|von))*\b")
+_CAPITALISED = re.compile(r"\b[A-Z][a-z'\u2019-]+(?:\s+(?:[A-Z][a-z'\u2019-]+|of|de|van|von))*\b")
 _PLACE_LEADS = frozenset({"in", "at", "to", "from", "of", "near", "across", "beyond", "into", "on"})
 _PERSON_LEADS = frozenset({"named", "called"})
 
@@ -472,6 +534,9 @@ def proper_names(text: str) -> tuple[list[str], list[str]]:
         sentence_start = not before or before.endswith((".", "!", "?", ":"))
         if sentence_start and len(words) == 1 and words[0].lower() not in first_names:
             continue
+        if previous == "the" and words[0].lower() not in first_names:
+            # "the Ember Queen", "the Guild": a title or an institution, neither cast nor map.
+            continue
         if previous in _PERSON_LEADS or words[0].lower() in first_names:
             target = people
         elif previous in _PLACE_LEADS:
@@ -495,10 +560,19 @@ def content_words(text: str) -> list[str]:
     return seen
 
 
+_ADJECTIVES = frozenset(
+    {
+        "last", "first", "old", "new", "young", "little", "great", "only", "other", "next",
+        "dead", "lost", "final", "whole", "strange", "small", "long", "ancient", "dark",
+        "late", "former", "secret", "hidden", "broken", "cursed", "single", "certain",
+    }
+)  # fmt: skip
+
+
 def nouns_in(text: str) -> list[str]:
     """Likely nouns: content words following an article or possessive ("a city")."""
     found: list[str] = []
-    tokens = re.findall(r"[A-Za-z'-]+", text)
+    tokens = [re.sub(r"['\u2019]s$", "", t) for t in re.findall(r"[A-Za-z'\u2019-]+", text)]
     for i, token in enumerate(tokens[:-1]):
         if token.lower() not in {"a", "an", "the", "her", "his", "their", "its", "my", "of"}:
             continue
@@ -506,9 +580,39 @@ def nouns_in(text: str) -> list[str]:
             low = nxt.lower()
             if nxt[0].isupper() or low in STOPWORDS or len(low) < 4:
                 break
-            if low.endswith(("ed", "ing", "ly", "ous", "ful")):
+            if low.endswith(("ed", "ing", "ly", "ous", "ful")) or low in _ADJECTIVES:
                 continue
             if low not in found:
                 found.append(low)
             break
     return found
+
+
+def article(word: str) -> str:
+    """``word`` with "a" or "an" in front."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def occupation_hint(premise: str, name: str) -> str | None:
+    """The occupation the premise gives a named person ("a lighthouse keeper named Mara")."""
+    escaped = re.escape(name)
+    named = re.search(
+        rf"\b(?:a|an|the)\s+([a-z][a-z -]{{2,40}}?)\s+(?:named|called)\s+{escaped}", premise
+    )
+    if named:
+        return named.group(1).strip()
+    before = re.search(rf"\b([a-z][a-z-]{{3,30}})\s+{escaped}", premise)
+    if before and before.group(1) not in STOPWORDS:
+        return before.group(1)
+    return None
+
+
+TITLE_ADJECTIVES: tuple[str, ...] = (
+    "Broken", "Silent", "Hidden", "Burning", "Cold", "Narrow", "Long", "Bitter", "Quiet",
+    "Borrowed", "Crooked", "Hollow", "Iron", "Empty", "Distant", "Second", "Drowned", "Pale",
+)  # fmt: skip
+TITLE_NOUNS: tuple[str, ...] = (
+    "Road", "Bargain", "Lantern", "Tide", "Door", "Hour", "Promise", "Debt", "Mercy", "Map",
+    "Signal", "Crossing", "Bridge", "Harbour", "Gate", "Letter", "Name", "Key", "Winter",
+    "Hunt", "Vigil", "Mirror", "Witness", "Season",
+)  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nodes.llm.names import (
@@ -17,12 +18,17 @@ from nodes.llm.names import (
     NICKNAMES,
     PLACE_ROOTS,
     PLACE_SUFFIXES,
+    STOPWORDS,
     SURNAMES,
+    TITLE_ADJECTIVES,
+    TITLE_NOUNS,
     GenreKit,
+    article,
     infer_genre,
     kit_for,
     mentions,
     nouns_in,
+    occupation_hint,
     proper_names,
     seeded_rng,
     short_name,
@@ -128,7 +134,7 @@ def cast_for(premise: str, kit: GenreKit) -> Cast:
         for t, d in rng.sample(list(kit.factions), 1 + rng.randrange(2))
     ]
     items = rng.sample(list(kit.items), 1 + rng.randrange(2))
-    occupations = [rng.choice(kit.occupations) for _ in names]
+    occupations = [occupation_hint(premise, n) or rng.choice(kit.occupations) for n in names]
     return Cast(
         hero=names[0],
         rival=names[1],
@@ -163,12 +169,10 @@ _COMPLICATIONS: tuple[str, ...] = (
     "costs {ally} dearly.",
     "{guide} warns {hero} away from {place}; {hero} goes anyway and learns how far the "
     "{faction} will go to stay hidden.",
-    "A bargain with {rival} buys time at the price of trust, and {ally} begins to doubt "
-    "{hero}.",
+    "A bargain with {rival} buys time at the price of trust, and {ally} begins to doubt {hero}.",
     "{hero} and {ally} are separated at {place} and must each survive a night alone.",
     "An old debt surfaces in {place}: someone {hero} wronged years ago wants payment.",
-    "The {item} reveals part of its purpose, and {hero} begins to understand why {rival} "
-    "wants it.",
+    "The {item} reveals part of its purpose, and {hero} begins to understand why {rival} wants it.",
     "A false trail leads {hero} into {place}, where the {faction} is already waiting.",
     "{hero} wins a small victory at {place}, but the cost comes due before morning.",
     "{guide} finally tells part of the truth about {rival}, and it changes what {hero} is "
@@ -178,6 +182,19 @@ _COMPLICATIONS: tuple[str, ...] = (
     "{rival} strikes at the people {hero} left behind, and {hero} must choose between "
     "pursuit and protection.",
     "A stranger at {place} offers {hero} help that seems too convenient to trust.",
+)
+
+_TAILS: tuple[str, ...] = (
+    "By nightfall, {ally} has made a choice {hero} will not like.",
+    "The {item} grows heavier with every mile.",
+    "Word of it reaches {rival} before morning.",
+    "{guide} sends a warning that arrives too late.",
+    "It costs {hero} a friend, or something close to one.",
+    "Somewhere in {other_place}, the {faction} takes note.",
+    "The weather turns, and so does the mood of the company.",
+    "{hero} begins to suspect that the map they have been following is wrong.",
+    "An old promise is broken to keep a new one.",
+    "Nothing goes to plan, and {hero} learns more from that than from any success.",
 )
 
 
@@ -194,17 +211,41 @@ def _phases(n: int) -> list[str]:
     return [slots.get(i, "complication") for i in range(1, n + 1)]
 
 
+_COMMON_OPENERS = STOPWORDS | {"everything", "nothing", "someone", "something", "everyone"}
+
+
 def _lower_first(text: str) -> str:
     """``text`` with its first letter lowered, unless it starts with a proper name."""
-    first = text.split(" ", 1)[0]
-    if first.lower() in {"a", "an", "the", "in", "at", "every", "everything", "with", "by"}:
+    first = text.split(" ", 1)[0].strip(",;:")
+    if first.lower() in _COMMON_OPENERS:
         return text[:1].lower() + text[1:]
     return text
 
 
-def _clause(premise: str) -> str:
-    """The premise as a clause: first sentence, no final stop, lowered first word."""
+def _lower_unless_name(text: str, names: list[str]) -> str:
+    """Lower the first letter unless the text opens with a name from ``names``."""
+    first = text.split(" ", 1)[0].strip(",;:'")
+    if not first or first in FIRST_NAMES or any(n.split()[0] == first for n in names if n):
+        return text
+    if first.lower() not in _COMMON_OPENERS and first[1:].lower() != first[1:]:
+        return text
+    return text[:1].lower() + text[1:]
+
+
+def _clause(premise: str, hero: str | None = None) -> str:
+    """The premise as a clause: first sentence, no final stop, lowered first word.
+
+    "A lighthouse keeper named Mara Venn discovers..." becomes "Mara Venn discovers...",
+    because the sentence around it already says what Mara does.
+    """
     first = re.split(r"(?<=[.!?])\s+", premise.strip())[0].rstrip(".!? ")
+    if hero:
+        first = re.sub(
+            rf"^(?:a|an|the)\s+[a-z][a-z -]{{2,40}}?\s+(?:named|called)\s+(?={re.escape(hero)})",
+            "",
+            first,
+            flags=re.IGNORECASE,
+        )
     return _lower_first(first[:300])
 
 
@@ -292,8 +333,9 @@ def _outline(
         "rival_short": short_name(cast.rival),
     }
     texts = {
-        "opening": f"In {home}, {cast.hero} keeps to the careful routines of a "
-        f"{cast.occupations[0]}. Then the first sign of trouble arrives: {_clause(premise)}. "
+        "opening": f"In {home}, {cast.hero} keeps to the careful routines of "
+        f"{article(cast.occupations[0])}, until everything changes: "
+        f"{_clause(premise, cast.hero)}. "
         f"{cast.ally} is the only one who notices that something is wrong.",
         "inciting": f"{cast.rival} makes the first move, and {cast.hero} can no longer "
         f"pretend nothing has changed. With {cast.ally} at their side, {cast.hero} sets out "
@@ -302,8 +344,8 @@ def _outline(
         f"{rng.choice(kit.reversals)}. The goal was never what it seemed, and {cast.ally} "
         "has to choose a side.",
         "crisis": f"Everything {cast.hero} has built falls apart. {cast.guide} is silent, "
-        f"the {faction} holds {{place}}, and {cast.hero} must decide what they are willing "
-        "to lose.",
+        f"{{place}} has fallen to the {faction}, and {cast.hero} must decide what they are "
+        "willing to lose.",
         "climax": f"{cast.hero} confronts {cast.rival} at {far}. The {item} decides the "
         f"outcome, and every promise made along the way comes due; if {cast.hero} fails, "
         f"{stakes}.",
@@ -323,7 +365,12 @@ def _outline(
             )
             title_pool = _PHASE_TITLES["climax"] + _PHASE_TITLES["opening"]
         elif phase == "complication":
-            summary = complications[(number - 1) % len(complications)].format(**fill)
+            cycle, index = divmod(number - 1, len(complications))
+            summary = complications[index].format(**fill)
+            if cycle:
+                # Long books reuse the complications; a different turn keeps each distinct.
+                tail = _TAILS[(cycle - 1) % len(_TAILS)]
+                summary += " " + tail.format(**fill, other_place=places[cycle % len(places)])
             title_pool = _PHASE_TITLES["complication"]
         else:
             summary = texts[phase].replace("{place}", place)
@@ -331,18 +378,22 @@ def _outline(
                 summary += " " + texts["resolution"]
             title_pool = _PHASE_TITLES[phase]
         options = [t.format(**fill) for t in title_pool]
-        fresh = [t for t in options if t not in titles_used] or options
+        fresh = [t for t in options if t not in titles_used]
+        if not fresh:
+            # Long books outrun the stock titles; combine words until one is new.
+            combos = [f"The {a} {b}" for a in TITLE_ADJECTIVES for b in TITLE_NOUNS]
+            fresh = [t for t in combos if t not in titles_used] or [f"Chapter {number}"]
         title = rng.choice(fresh)
-        if title in titles_used:
-            title = f"{title}, Again" if f"{title}, Again" not in titles_used else f"{title} {number}"
         titles_used.add(title)
-        outline.append(
-            ChapterOutline(number=number, title=title, summary=_truncate(summary, 1200))
-        )
+        outline.append(ChapterOutline(number=number, title=title, summary=_truncate(summary, 1200)))
     return outline
 
 
-_TITLE_NOTE = re.compile(r"title\b[^\"“]*[\"“]([^\"”]{2,120})[\"”]", re.IGNORECASE)
+_TITLE_NOTE = re.compile(
+    r"\b(?:title|call\s+it|call\s+the\s+(?:book|novel)|name\s+it|rename(?:\s+it)?)\b"
+    r"[^\"\u201c]{0,40}[\"\u201c]([^\"\u201d]{2,120})[\"\u201d]",
+    re.IGNORECASE,
+)
 _CHAPTER_NOTE = re.compile(r"\bchapter\s+(\d+)\b", re.IGNORECASE)
 
 
@@ -351,9 +402,11 @@ def _apply_notes(plan: StoryPlan, notes: str) -> StoryPlan:
     bible = plan.bible
     title_match = _TITLE_NOTE.search(notes)
     title = title_match.group(1).strip() if title_match else bible.title
-    directions = _sentences(notes)
-    first = directions[0].rstrip(".!? ")
-    logline = _truncate(f"{bible.logline} This version follows one guiding change: {first}.", 600)
+    directions = [d for d in _sentences(notes) if not _TITLE_NOTE.search(d)]
+    logline = bible.logline
+    if directions:
+        first = _soft_lower(directions[0].rstrip(".!? "))
+        logline = _truncate(f"{logline} This version follows the author's direction: {first}.", 600)
     outline = [c.model_copy() for c in plan.outline]
     n = len(outline)
     for i, direction in enumerate(directions):
@@ -362,15 +415,26 @@ def _apply_notes(plan: StoryPlan, notes: str) -> StoryPlan:
             index = int(match.group(1)) - 1
         else:
             # Spread unplaced notes from the middle of the book outwards.
-            index = min(n - 1, (n // 2 + i) % n)
+            index = (n // 2 + i) % n
         entry = outline[index]
-        text = direction.rstrip(".!? ")
-        summary = _truncate(f"{entry.summary} In this revision, {_lower_first(text)}.", 1200)
+        text = _soft_lower(direction.rstrip(".!? "))
+        summary = _truncate(f"{entry.summary} Revised per the author's note: {text}.", 1200)
         outline[index] = entry.model_copy(update={"summary": summary})
     return StoryPlan(
         bible=bible.model_copy(update={"title": title[:200], "logline": logline}),
         outline=outline,
     )
+
+
+def _soft_lower(text: str) -> str:
+    """Lower the first letter unless the text opens with a name ("Mara should...")."""
+    first = text.split(" ", 1)[0]
+    if first in FIRST_NAMES or (first[:1].isupper() and first[1:2].isupper()):
+        return text
+    people, _ = proper_names(text)
+    if any(text.startswith(p) for p in people):
+        return text
+    return text[:1].lower() + text[1:]
 
 
 # --- world seed -----------------------------------------------------------------------
@@ -400,14 +464,15 @@ def world_seed(inp: WorldSeedInput) -> WorldSeed:
             aliases.append(nicknames.pop())
         where = homes[role]
         detail = {
-            "protagonist": f"The protagonist: a {occupation} from {where} who {rng.choice(_TRAITS)}.",  # noqa: E501
-            "antagonist": f"The antagonist: a {occupation} tied to the {factions[0].name}, "
-            f"who {rng.choice(_TRAITS)}.",
-            "ally": f"{short_name(cast.hero)}'s closest ally, a {occupation} who "
+            "protagonist": f"The protagonist: {article(occupation)} from {where} who "
             f"{rng.choice(_TRAITS)}.",
-            "mentor": f"A {occupation} who taught {short_name(cast.hero)} everything once, "
-            "and is hiding why.",
-            "sibling": f"{short_name(cast.hero)}'s younger sibling, a {occupation} with "
+            "antagonist": f"The antagonist: {article(occupation)} tied to the {factions[0].name}, "
+            f"who {rng.choice(_TRAITS)}.",
+            "ally": f"{short_name(cast.hero)}'s closest ally, {article(occupation)} who "
+            f"{rng.choice(_TRAITS)}.",
+            "mentor": f"{article(occupation).capitalize()} who taught "
+            f"{short_name(cast.hero)} everything once, and is hiding why.",
+            "sibling": f"{short_name(cast.hero)}'s younger sibling, {article(occupation)} with "
             "ambitions of their own.",
         }[role]
         characters.append(
@@ -497,12 +562,13 @@ def is_alive(character: CharacterBrief) -> bool:
 def protagonist_of(characters: list[CharacterBrief], bible: StoryBible) -> CharacterBrief | None:
     """The protagonist among living ``characters``: by role, description, logline, order."""
     living = [c for c in characters if is_alive(c)]
-    for test in (
+    tests: list[Callable[[CharacterBrief], bool]] = [
         lambda c: "protagonist" in c.attributes.get("role", "").lower(),
         lambda c: "protagonist" in c.description.lower(),
         lambda c: mentions(bible.point_of_view, c.name, c.aliases),
         lambda c: mentions(bible.logline, c.name, c.aliases),
-    ):
+    ]
+    for test in tests:
         for character in living:
             if test(character):
                 return character
@@ -561,7 +627,7 @@ def chapter_beats(inp: BeatsInput) -> ChapterBeats:
     plant, payoff = setups
     events: list[PlannedEvent] = []
     for character in [pov, *present]:
-        if character.location != location and character.name != "":
+        if character.location != location:
             events.append(PlannedEvent(kind="move", character=character.name, target=location))
     for setup in plant:
         events.append(PlannedEvent(kind="learn", character=pov.name, target=setup.description))
@@ -672,7 +738,7 @@ _STAYS = (
 _ENCOUNTERS: dict[str, tuple[str, ...]] = {
     "antagonist": (
         "{pov} and {other} face each other at {place}, and neither gives ground.",
-        "{other} finds {pov} at {place} and makes an offer that is really a threat.",
+        "{other} finds {pov} at {place} and makes an offer that is a threat in disguise.",
     ),
     "ally": (
         "{pov} and {other} argue at {place} about what to do next, then agree on a plan.",
@@ -684,9 +750,17 @@ _ENCOUNTERS: dict[str, tuple[str, ...]] = {
         "{pov} and {other} share a meal at {place} and trade careful truths.",
     ),
 }
+_PAUSES = (
+    "{pov} spends the hours at {place} preparing, and listening to what is not said.",
+    "Alone at {place}, {pov} works through the problem until the shape of it is clear.",
+)
 _HOOKS = (
-    "As night falls over {place}, {pov} decides what must happen next: {next}.",
+    "As night falls over {place}, {pov} decides where to go next: {next}.",
     "{pov} leaves {place} knowing the next step, and dreading it: {next}.",
+)
+_OPEN_HOOKS = (
+    "As night falls over {place}, {pov} lies awake, already counting what tomorrow will cost.",
+    "{pov} ends the day at {place} with one question answered and two more waiting.",
 )
 _ENDINGS = (
     "{pov} looks back at {place} and counts what was lost and what remains.",
@@ -717,69 +791,71 @@ def _beats(
     def beat(text: str) -> Beat:
         return Beat(summary=_truncate(text, 600), characters=cast_of(text), location=location)
 
-    first: list[Beat] = []
     origin = pov.location
     if origin and origin != location:
-        first.append(beat(rng.choice(_ARRIVALS).format(origin=origin, **fill)))
+        first = beat(rng.choice(_ARRIVALS).format(origin=origin, **fill))
     else:
-        first.append(beat(rng.choice(_STAYS).format(**fill)))
+        first = beat(rng.choice(_STAYS).format(**fill))
 
-    middle: list[Beat] = []
+    # (priority, beat): lower priorities are dropped first when there are too many.
+    middle: list[tuple[int, Beat]] = []
     outline_sentences = [
-        s for s in _sentences(inp.outline.summary) if not any(mentions(s, d.name) for d in dead)
-    ]
-    # Outline sentences may name characters who are absent; only keep those about the present.
-    for sentence in outline_sentences[:2]:
-        absent = [
-            c.name
+        s
+        for s in _sentences(inp.outline.summary)
+        if not any(mentions(s, d.name, d.aliases) for d in dead)
+        and not any(
+            mentions(s, c.name, c.aliases)
             for c in inp.world.characters
-            if c.name not in living_names and mentions(sentence, c.name, c.aliases)
-        ]
-        if absent:
-            continue
-        text = sentence if mentions(sentence, location) else f"At {location}, {_lower_first(sentence)}"
-        middle.append(beat(text))
+            if c.name not in living_names
+        )
+    ]
+    names = [c.name for c in inp.world.characters] + [p.name for p in inp.world.places]
+    for rank, sentence in enumerate(outline_sentences[:2]):
+        if mentions(sentence, location):
+            text = sentence
+        else:
+            text = f"At {location}, {_lower_unless_name(sentence, names)}"
+        middle.append((4 if rank == 0 else 1, beat(text)))
     if meeting is not None:
         a, b = meeting
-        middle.append(
-            beat(f"{a.name} meets {b.name} for the first time at {location}; neither trusts the other.")  # noqa: E501
+        text = (
+            f"{a.name} meets {b.name} for the first time at {location}; neither trusts the other."
         )
+        middle.append((3, beat(text)))
     elif present:
         other = present[0] if present[0] is not victim else present[-1]
         role = _role(other)
         pool = _ENCOUNTERS.get(role if role in _ENCOUNTERS else "", _ENCOUNTERS[""])
-        middle.append(beat(rng.choice(pool).format(other=other.name, **fill)))
-    for setup in plant:
-        middle.append(
-            beat(f"{pov.name} notices something that will matter later: {setup.description}")
-        )
-    for setup in payoff:
-        text = setup.description.rstrip(". ")
-        middle.append(beat(f"It comes due at {location}: {_lower_first(text)}, and {pov.name} acts on it."))  # noqa: E501
+        middle.append((2, beat(rng.choice(pool).format(other=other.name, **fill))))
+    if plant:
+        planted = _lower_first(" ".join(s.description for s in plant))
+        middle.append((5, beat(f"{pov.name} notices something that will matter later: {planted}")))
+    if payoff:
+        due = "; ".join(_lower_first(s.description.rstrip(". ")) for s in payoff)
+        middle.append((5, beat(f"It comes due at {location}: {due}, and {pov.name} acts on it.")))
     if victim is not None:
-        middle.append(
-            beat(f"{victim.name} is killed at {location}, and {pov.name} cannot prevent it.")
-        )
+        text = f"{victim.name} is killed at {location}, and {pov.name} cannot prevent it."
+        middle.append((6, beat(text)))
 
     if inp.next_outline is not None:
-        nxt = _lower_first(inp.next_outline.title)
-        last = beat(rng.choice(_HOOKS).format(next=nxt, **fill))
+        places = [p for p in inp.world.places if p.kind.lower() == "location"]
+        ahead = [p.name for p in places if mentions(inp.next_outline.summary, p.name)]
+        if ahead and ahead[0] != location:
+            last = beat(rng.choice(_HOOKS).format(next=f"on to {ahead[0]}", **fill))
+        else:
+            last = beat(rng.choice(_OPEN_HOOKS).format(**fill))
     else:
         last = beat(rng.choice(_ENDINGS).format(**fill))
-    # Keep set-up and death beats; trim the outline-derived ones first when over five.
-    while len(first) + len(middle) + 1 > 5:
-        removable = [
-            i
-            for i, b in enumerate(middle)
-            if not b.summary.startswith(f"{pov.name} notices")
-            and not b.summary.startswith("It comes due")
-            and " is killed at " not in b.summary
-        ]
-        if not removable:
-            break
-        middle.pop(removable[0])
-    beats = [*first, *middle, last]
+    while len(middle) > 3:
+        weakest = min(range(len(middle)), key=lambda i: (middle[i][0], -i))
+        middle.pop(weakest)
+    beats = [first, *(b for _, b in middle), last]
     if len(beats) < 3:
-        extra = rng.choice(_STAYS).format(**fill)
-        beats.insert(1, beat(extra.replace("takes stock", "takes stock again")))
-    return beats[:12]
+        beats.insert(1, beat(rng.choice(_PAUSES).format(**fill)))
+    # Everyone present takes part in some beat, if only as a witness to the middle one.
+    named = {c for b in beats for c in b.characters}
+    absent = [c.name for c in present if c.name not in named]
+    if absent:
+        host = beats[len(beats) // 2]
+        host.characters = list(dict.fromkeys([*host.characters, *absent]))
+    return beats

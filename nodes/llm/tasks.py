@@ -93,7 +93,8 @@ def parse_request(messages: list[BaseMessage]) -> ParsedRequest | None:
             last = messages[-1]
             repair = (
                 last.content
-                if last is not message and isinstance(last, HumanMessage)
+                if last is not message
+                and isinstance(last, HumanMessage)
                 and isinstance(last.content, str)
                 else None
             )

@@ -1,0 +1,229 @@
+"""The ``scribe`` command line: happy paths, bad input, and a crash in the middle of a book."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from server.cli import main, parse_chapter_file, parse_outline_file
+
+ROOT = Path(__file__).resolve().parent.parent
+PREMISE = "Two rival clockmakers in a drowned city race to rebuild the tide engine."
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    if not folder.exists():
+        return {}
+    return {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_write_sessions_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = str(tmp_path / "data")
+    book = tmp_path / "book.md"
+    code, out, err = _run(
+        capsys,
+        "--data-dir",
+        data,
+        "write",
+        "--premise",
+        PREMISE,
+        "--chapters",
+        "2",
+        "--out",
+        str(book),
+    )
+    assert code == 0, err
+    session_id = out.splitlines()[0]
+    assert str(uuid.UUID(session_id)) == session_id
+    assert "offline model" in err
+    text = book.read_text()
+    assert text.startswith("# ")
+    assert text.count("\n## ") == 2
+
+    code, out, _ = _run(capsys, "--data-dir", data, "sessions")
+    assert code == 0
+    assert session_id in out and "completed" in out and "2/2" in out
+
+    epub = tmp_path / "book.epub"
+    code, _, err = _run(
+        capsys, "--data-dir", data, "export", session_id, "--format", "epub", "--out", str(epub)
+    )
+    assert code == 0, err
+    with zipfile.ZipFile(epub) as archive:
+        assert archive.namelist()[0] == "mimetype"
+        assert archive.read("mimetype") == b"application/epub+zip"
+
+    code, _, err = _run(capsys, "--data-dir", data, "resume", session_id)
+    assert code == 2
+    assert "already completed" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["write", "--premise", "   ", "--chapters", "3"], "premise must be a non-empty text"),
+        (["write", "--premise", "x" * 5000, "--chapters", "3"], "the limit is 4000"),
+        (["write", "--premise", "p", "--chapters", "0"], "chapters must be between 1 and 100"),
+        (["write", "--premise", "p", "--chapters", "101"], "chapters must be between 1 and 100"),
+        (["write", "--premise", "p", "--chapters", "two"], "invalid int value"),
+        (
+            ["write", "--premise", "p", "--chapters", "2", "--pause", "epilogue"],
+            "unknown pause point",
+        ),
+        (["resume", "not-a-uuid"], "is not a session id"),
+        (["resume", str(uuid.UUID(int=1))], "no sessions in"),
+        (["export", str(uuid.UUID(int=1)), "--out", "x.md"], "no sessions in"),
+    ],
+)
+def test_bad_input_one_line_nonzero_nothing_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    data = tmp_path / "data"
+    code, out, err = _run(capsys, "--data-dir", str(data), *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert out == ""
+    assert not data.exists(), "bad input must write nothing"
+
+
+@pytest.mark.slow
+def test_unknown_session_and_unreadable_edit_change_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    code, out, err = _run(
+        capsys,
+        "--data-dir",
+        str(data),
+        "write",
+        "--premise",
+        PREMISE,
+        "--chapters",
+        "1",
+        "--pause",
+        "outline",
+    )
+    assert code == 0, err
+    session_id = out.splitlines()[0]
+    assert "Paused for the author after the outline" in err
+    outline_file = data / "sessions" / session_id / "outline.md"
+    assert outline_file.exists()
+    before = _snapshot(data)
+
+    code, _, err = _run(capsys, "--data-dir", str(data), "resume", str(uuid.uuid4()), "--approve")
+    assert code == 2 and "no session" in err
+    code, _, err = _run(
+        capsys,
+        "--data-dir",
+        str(data),
+        "resume",
+        session_id,
+        "--edit",
+        str(tmp_path / "missing.md"),
+    )
+    assert code == 2 and "cannot read edit file" in err
+    bad = tmp_path / "bad.md"
+    bad.write_text("no headings here")
+    code, _, err = _run(capsys, "--data-dir", str(data), "resume", session_id, "--edit", str(bad))
+    assert code == 2 and "has no chapters" in err
+    code, _, err = _run(capsys, "--data-dir", str(data), "resume", session_id)
+    assert code == 2 and "paused at the outline" in err
+    after = _snapshot(data)
+    changed = {k for k in before if before[k] != after.get(k) and not k.endswith(("-wal", "-shm"))}
+    assert not {k for k in changed if not k.endswith(".db")}, changed
+
+    # and the session is still resumable: edit the outline file as an author would
+    outline_file.write_text(outline_file.read_text().replace("## 1. ", "## 1. Edited: "))
+    code, _, err = _run(
+        capsys, "--data-dir", str(data), "resume", session_id, "--edit", str(outline_file)
+    )
+    assert code == 0, err
+    assert "Finished" in err
+
+
+def test_edit_file_parsers() -> None:
+    outline = parse_outline_file(
+        "# Book\n\nlogline\n\n## 1. Start\nIt begins.\n\n## Chapter 2: End\nIt ends.\n"
+    )
+    assert outline == [
+        {"number": 1, "title": "Start", "summary": "It begins."},
+        {"number": 2, "title": "End", "summary": "It ends."},
+    ]
+    assert parse_outline_file('[{"title": "A", "summary": "a"}]') == [
+        {"number": 1, "title": "A", "summary": "a"}
+    ]
+    chapter = parse_chapter_file("# Chapter 3: The Door\n\nShe opened it.\n")
+    assert chapter == {"action": "edit", "text": "She opened it.", "title": "The Door"}
+
+
+def _chapters_in_db(db: Path) -> list[int]:
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return [r[0] for r in conn.execute("SELECT number FROM chapters ORDER BY number")]
+    except sqlite3.OperationalError:
+        return []
+
+
+@pytest.mark.slow
+def test_killed_mid_chapter_then_resume_finishes_the_book(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCRIBE_", "OPENAI_"))}
+    env.update({"SCRIBE_DATA_DIR": str(data), "SCRIBE_OFFLINE_TOKENS_PER_SECOND": "400"})
+    cmd = [sys.executable, "-m", "server.cli"]
+    proc = subprocess.Popen(
+        [*cmd, "write", "--premise", PREMISE, "--chapters", "3", "--genre", "fantasy"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    session_id = proc.stdout.readline().strip() if proc.stdout else ""
+    deadline = time.monotonic() + 120
+    while _chapters_in_db(data / "scribe.db") != [1]:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "chapter 1 was never accepted"
+        time.sleep(0.05)
+    time.sleep(1.0)  # chapter 2 is being planned or drafted now
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _chapters_in_db(data / "scribe.db") == [1], "killed too late: not mid-chapter 2"
+    with sqlite3.connect(data / "scribe.db") as conn:
+        chapter1_before = conn.execute(
+            "SELECT current_version_id FROM chapters WHERE number = 1"
+        ).fetchone()
+
+    done = subprocess.run(
+        [*cmd, "resume", session_id], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Finished" in done.stderr
+    with sqlite3.connect(data / "scribe.db") as conn:
+        rows = conn.execute(
+            "SELECT number, current_version_id FROM chapters ORDER BY number"
+        ).fetchall()
+        assert [r[0] for r in rows] == [1, 2, 3]
+        assert rows[0][1] == chapter1_before[0], "chapter 1 was redone after the crash"
+        status = conn.execute("SELECT status FROM novels WHERE id = ?", (session_id,)).fetchone()[0]
+    assert status == "completed"
+    book = Path(done.stdout.strip().splitlines()[-1]).read_text()
+    assert book.count("\n## ") == 3

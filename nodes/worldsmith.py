@@ -229,9 +229,10 @@ async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) 
         novel_id, chapter, record.current_version_id, record.title, changes.summary
     )
     keep = ctx.options.recent_summaries
-    summaries = [*state.get("recent_summaries", []), f"Chapter {chapter}: {changes.summary}"][
-        -keep:
-    ]
+    # An edited or replayed chapter replaces its own summary instead of adding another.
+    label = f"Chapter {chapter}: "
+    earlier = [s for s in state.get("recent_summaries", []) if not s.startswith(label)]
+    summaries = [*earlier, label + changes.summary][-keep:]
     progress(
         runtime,
         "worldsmith",

@@ -16,6 +16,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from graphs.novel import NovelGraph, build_graph
 from memory.app.port import AppStore
 from memory.embeddings.port import Embedder
+from memory.world.port import WorldMemory
 from nodes.context import ScribeContext, WritingOptions
 from nodes.schemas import AGENTS
 from server.settings import Settings
@@ -65,16 +66,65 @@ def writing_options(settings: Settings) -> WritingOptions:
     )
 
 
-@asynccontextmanager
-async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
-    """Open every backend named by ``settings``, run their explicit setup, close on exit."""
+async def _open_checkpointer(settings: Settings, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
+    """LangGraph's Postgres saver on a pool when on Postgres, else its SQLite saver.
+
+    ``setup()`` is called explicitly here: it applies the saver's own ordered migrations.
+    """
+    dsn = settings.postgres_dsn
+    if dsn is not None:
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
+
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=settings.checkpoint_pool_size,
+            open=False,
+            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        )
+        await pool.open(wait=True, timeout=30)
+        stack.push_async_callback(pool.close)
+        postgres = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        await postgres.setup()
+        return postgres
+
     import aiosqlite
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+    conn = await aiosqlite.connect(str(settings.checkpoint_path))
+    stack.push_async_callback(conn.close)
+    sqlite = AsyncSqliteSaver(conn)
+    await sqlite.setup()
+    return sqlite
+
+
+async def _open_world(settings: Settings, engine: Any, stack: AsyncExitStack) -> WorldMemory:
+    """The world-memory backend named by settings, set up."""
+    world: WorldMemory
+    if settings.world_backend == "neo4j":
+        from memory.world.neo4j import Neo4jWorldMemory
+
+        password = settings.neo4j_password.get_secret_value() if settings.neo4j_password else ""
+        world = Neo4jWorldMemory.connect(
+            settings.neo4j_url or "", settings.neo4j_user, password, settings.neo4j_database
+        )
+    else:
+        from memory.world.sql import SqlWorldMemory
+
+        world = SqlWorldMemory(engine)
+    stack.push_async_callback(world.close)
+    await world.setup()
+    return world
+
+
+@asynccontextmanager
+async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
+    """Open every backend named by ``settings``, run their explicit setup, close on exit."""
     from memory.app.sql import SqlAppStore
     from memory.db import make_engine
     from memory.retrieval.qdrant import QdrantPassageIndex
-    from memory.world.sql import SqlWorldMemory
     from nodes.llm.factory import build_gateway
 
     async with AsyncExitStack() as stack:
@@ -83,9 +133,7 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
         stack.push_async_callback(engine.dispose)
         store = SqlAppStore(engine)
         await store.setup()
-        world = SqlWorldMemory(engine)
-        await world.setup()
-        stack.push_async_callback(world.close)
+        world = await _open_world(settings, engine, stack)
 
         embedder = make_embedder(settings)
         stack.push_async_callback(embedder.close)
@@ -97,11 +145,7 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
         stack.push_async_callback(passages.close)
         await passages.setup()
 
-        conn = await aiosqlite.connect(str(settings.checkpoint_path))
-        stack.push_async_callback(conn.close)
-        checkpointer = AsyncSqliteSaver(conn)
-        await checkpointer.setup()
-
+        checkpointer = await _open_checkpointer(settings, stack)
         models = build_gateway(
             {a: settings.model_for(a) for a in AGENTS},
             settings.retry,

@@ -42,7 +42,25 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "SCRIBE_DATABASE_URL")
     )
-    world_backend: Literal["sql"] = "sql"
+    world_backend: Literal["sql", "neo4j"] = "sql"
+    """Where world memory lives: the SQL database, or Neo4j (``NEO4J_URL``)."""
+    neo4j_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("NEO4J_URL", "SCRIBE_NEO4J_URL")
+    )
+    neo4j_user: str = Field(
+        default="neo4j", validation_alias=AliasChoices("NEO4J_USER", "SCRIBE_NEO4J_USER")
+    )
+    neo4j_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("NEO4J_PASSWORD", "SCRIBE_NEO4J_PASSWORD")
+    )
+    neo4j_database: str = Field(
+        default="neo4j", validation_alias=AliasChoices("NEO4J_DATABASE", "SCRIBE_NEO4J_DATABASE")
+    )
+    checkpoint_pool_size: int = Field(default=10, ge=1, le=200)
+    """Connections in the Postgres checkpointer's pool."""
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "SCRIBE_REDIS_URL")
+    )
     qdrant_url: str | None = Field(
         default=None, validation_alias=AliasChoices("QDRANT_URL", "SCRIBE_QDRANT_URL")
     )
@@ -83,9 +101,19 @@ class Settings(BaseSettings):
     retrieval_limit: int = Field(default=4, ge=0, le=50)
 
     @model_validator(mode="after")
-    def _check_agents(self) -> Settings:
+    def _check(self) -> Settings:
         for agent in AGENTS:
             self.model_for(agent)
+        if self.world_backend == "neo4j" and not self.neo4j_url:
+            raise ValueError(
+                "SCRIBE_WORLD_BACKEND=neo4j needs NEO4J_URL (e.g. bolt://localhost:7687)"
+            )
+        if self.database_url and not self.database_url.startswith(
+            ("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://", "postgres://")
+        ):
+            raise ValueError(
+                "DATABASE_URL must be sqlite+aiosqlite:///PATH or postgresql://USER:PASS@HOST/DB"
+            )
         return self
 
     def agent_settings(self, agent: Agent) -> AgentModelSettings:
@@ -126,8 +154,17 @@ class Settings(BaseSettings):
 
     @property
     def sql_url(self) -> str:
-        """App data (and SQL world memory) database URL."""
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'scribe.db'}"
+        """App data (and SQL world memory) URL for SQLAlchemy (async driver)."""
+        if self.database_url is None:
+            return f"sqlite+aiosqlite:///{self.data_dir / 'scribe.db'}"
+        return to_sqlalchemy_url(self.database_url)
+
+    @property
+    def postgres_dsn(self) -> str | None:
+        """The plain ``postgresql://`` DSN for the checkpointer, when on Postgres."""
+        if self.database_url is None or self.database_url.startswith("sqlite"):
+            return None
+        return to_libpq_url(self.database_url)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -138,6 +175,22 @@ class Settings(BaseSettings):
     def qdrant_path(self) -> Path:
         """Qdrant local-mode folder of the embedded default."""
         return self.data_dir / "qdrant"
+
+
+def to_sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` or ``postgres://`` → ``postgresql+asyncpg://`` (SQLite unchanged)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def to_libpq_url(url: str) -> str:
+    """Any Postgres URL → the ``postgresql://`` form libpq and psycopg understand."""
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -158,3 +158,16 @@ async def test_pause_edit_revise_resume(backends: Backends) -> None:
     result = await sessions.resume(sid, {"action": "approve"})
     assert result.status == "completed"
     assert [c.number for c in await backends.store.list_chapters(sid)] == [1, 2]
+
+
+async def test_checkpoints_do_not_grow_with_the_book(backends: Backends) -> None:
+    """State at the end of chapter 3 and of chapter 8 is about the same size."""
+    sessions = Sessions(backends)
+    result = await sessions.start(validate_request(PREMISE, 8))
+    config = thread_config(result.session_id)
+    sizes: dict[int, int] = {}
+    async for snapshot in backends.graph.aget_state_history(config):
+        if snapshot.next == ("chapter_gate",):  # right after a chapter's facts are recorded
+            sizes[snapshot.values["chapter"]] = len(pickle.dumps(snapshot.values))
+    assert sorted(sizes) == list(range(1, 9))
+    assert sizes[8] < sizes[3] * 1.25, sizes

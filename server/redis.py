@@ -119,6 +119,7 @@ class RedisService:
         max_connections: int = 64,
         pool_timeout: float = 10.0,
         decode_responses: bool = True,
+        client_name: str | None = "infinitescribe",
     ) -> RedisService:
         """A service for ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``).
 
@@ -126,6 +127,7 @@ class RedisService:
         connection that has been idle that long before reusing it; ``socket_timeout``
         bounds every command and, unless ``socket_connect_timeout`` is given, connecting.
         Responses are decoded to ``str`` unless ``decode_responses`` is false.
+        ``client_name`` labels the connections in ``CLIENT LIST`` (operators, tests).
         Raises :class:`ConfigurationError` (with the URL redacted) for a malformed URL.
         """
         if max_connections < 1:
@@ -141,6 +143,7 @@ class RedisService:
                     socket_connect_timeout if socket_connect_timeout is not None else socket_timeout
                 ),
                 decode_responses=decode_responses,
+                client_name=client_name,
             )
         except (ValueError, TypeError) as exc:
             # redis-py's messages name the bad part, not the URL; chaining is still cut so

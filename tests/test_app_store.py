@@ -1,4 +1,4 @@
-"""SqlAppStore against real SQLite files, migrated through Alembic."""
+"""SqlAppStore against real SQLite files and real PostgreSQL databases, migrated by Alembic."""
 
 from __future__ import annotations
 
@@ -16,15 +16,25 @@ from memory.app.sql import SqlAppStore, count_words
 from memory.app.tables import ChapterRow, ChapterVersionRow
 from memory.db import make_engine
 from memory.errors import Conflict, InvalidInput, NotFound
+from server.settings import to_sqlalchemy_url
 
 NOVEL = "00000000-0000-4000-8000-000000000001"
 OTHER = "00000000-0000-4000-8000-000000000002"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each SQL dialect: a SQLite file, or a PostgreSQL database."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("fresh_postgres_url")
+        return to_sqlalchemy_url(url)
+    return f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+
+
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """A fresh SQLite database file."""
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the fresh database."""
+    engine = make_engine(db_url)
     yield engine
     await engine.dispose()
 
@@ -304,8 +314,8 @@ async def test_database_cascades_novel_deletion(store: SqlAppStore, engine: Asyn
 # --- lifecycle ------------------------------------------------------------------------
 
 
-async def test_setup_is_idempotent_and_data_persists(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'persist.db'}"
+async def test_setup_is_idempotent_and_data_persists(db_url: str) -> None:
+    url = db_url
     first = SqlAppStore.from_url(url)
     assert first.owns_engine
     await first.setup()

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import httpx2
+import openai
 import pytest
+from langchain_core.outputs import ChatGenerationChunk
 
+from memory.errors import InvalidInput, ModelUnavailable
 from memory.retrieval.chunking import split_passages
+from nodes.llm.config import RetryPolicy
+from nodes.llm.gateway import ModelGateway
+from nodes.llm.offline import OfflineChatModel
+from nodes.schemas import AGENTS
 from nodes.session import validate_request
 from server.backends import Backends
 from server.sessions import Sessions, thread_config
@@ -125,7 +134,7 @@ async def test_pause_edit_revise_resume(backends: Backends) -> None:
     assert [c["title"] for c in snapshot.values["outline"]] == ["The Key", "The Door"]
 
     # a bad decision changes nothing
-    with pytest.raises(Exception, match="invalid resume value"):
+    with pytest.raises(InvalidInput, match="invalid resume value"):
         await sessions.resume(sid, {"action": "edit"})
     still = await sessions.gate(sid)
     assert still is not None and still.payload["chapter"] == 1
@@ -171,3 +180,41 @@ async def test_checkpoints_do_not_grow_with_the_book(backends: Backends) -> None
             sizes[snapshot.values["chapter"]] = len(pickle.dumps(snapshot.values))
     assert sorted(sizes) == list(range(1, 9))
     assert sizes[8] < sizes[3] * 1.25, sizes
+
+
+class _UnreachableWriter(OfflineChatModel):
+    """The writer's endpoint drops every connection (as a dead vLLM server would)."""
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+        raise openai.APIConnectionError(request=request)
+        yield  # pragma: no cover - makes this an async generator
+
+
+async def _no_wait(_seconds: float) -> None:
+    return None
+
+
+async def test_a_failed_model_call_leaves_a_resumable_session(backends: Backends) -> None:
+    healthy = backends.context.models
+    broken_models = {a: healthy.model_for(a) for a in AGENTS} | {"writer": _UnreachableWriter()}
+    broken = replace(
+        backends,
+        context=replace(
+            backends.context,
+            models=ModelGateway(broken_models, retry=RetryPolicy(attempts=2), sleep=_no_wait),
+        ),
+    )
+    with pytest.raises(ModelUnavailable) as failure:
+        await Sessions(broken).start(validate_request(PREMISE, 2))
+    assert failure.value.agent == "writer"
+    [record] = await backends.store.list_novels()
+    assert record.status == "failed"
+    assert "writer" in (record.error or "")
+    assert await backends.store.list_chapters(record.id) == []
+
+    # the same session resumes from its last checkpoint once the model is back
+    result = await Sessions(backends).resume(record.id, None)
+    assert result.status == "completed"
+    assert [c.number for c in await backends.store.list_chapters(record.id)] == [1, 2]
+    assert (await backends.store.get_novel(record.id)).error is None

@@ -1,9 +1,12 @@
 """Backends run through the world-memory conformance suite.
 
 To put another backend under the suite, write an async context-manager factory that takes
-the test's ``tmp_path`` and yields a set-up :class:`WorldMemory` (releasing whatever it
-created on exit), then add it to :data:`WORLD_BACKENDS` under its name, e.g.
-``"sql-postgres": sql_postgres`` or ``"neo4j": neo4j``. Every test then runs against it.
+the test's ``tmp_path`` and its ``request`` and yields a set-up :class:`WorldMemory`
+(releasing whatever it created on exit), then add it to :data:`WORLD_BACKENDS` under its
+name, e.g. ``"neo4j": neo4j``. Every test then runs against it. A backend on a real server
+gets it from the session fixtures of ``tests/conftest.py`` with
+``request.getfixturevalue("postgres_url")`` (say), so only its own tests start the server,
+and only they are skipped when it cannot be had.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import pytest
 from memory.db import make_engine
 from memory.world.port import WorldMemory
 from memory.world.sql import SqlWorldMemory
+from server.settings import to_sqlalchemy_url
 
-WorldFactory = Callable[[Path], AbstractAsyncContextManager[WorldMemory]]
+WorldFactory = Callable[[Path, pytest.FixtureRequest], AbstractAsyncContextManager[WorldMemory]]
 
 
 @asynccontextmanager
-async def sql_sqlite(tmp_path: Path) -> AsyncIterator[WorldMemory]:
+async def sql_sqlite(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[WorldMemory]:
     """The SQL backend on a fresh SQLite file, schema built by the migrations."""
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'world.sqlite3'}")
     memory = SqlWorldMemory(engine)
@@ -35,8 +39,29 @@ async def sql_sqlite(tmp_path: Path) -> AsyncIterator[WorldMemory]:
         await engine.dispose()
 
 
+@asynccontextmanager
+async def sql_postgres(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[WorldMemory]:
+    """The SQL backend on the session's PostgreSQL database, schema built by the migrations.
+
+    The database is shared by every test of the session: each test's unique novel id keeps
+    its world apart, as it would among the novels of one real deployment.
+    """
+    url: str = request.getfixturevalue("postgres_url")
+    engine = make_engine(to_sqlalchemy_url(url))
+    memory = SqlWorldMemory(engine)
+    try:
+        await memory.setup()
+        yield memory
+    finally:
+        await memory.close()
+        await engine.dispose()
+
+
 WORLD_BACKENDS: dict[str, WorldFactory] = {
     "sql-sqlite": sql_sqlite,
+    "sql-postgres": sql_postgres,
 }
 
 
@@ -44,7 +69,7 @@ WORLD_BACKENDS: dict[str, WorldFactory] = {
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[WorldMemory]:
     """A set-up world memory of each registered backend."""
     factory = WORLD_BACKENDS[request.param]
-    async with factory(tmp_path) as memory:
+    async with factory(tmp_path, request) as memory:
         yield memory
 
 

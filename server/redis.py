@@ -13,7 +13,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -53,7 +53,12 @@ def redact_url(url: str) -> str:
             query = urlencode(
                 [(k, MASK if k in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*"
             )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    # Joined by hand: urlunsplit turns "unix:///path" (empty host) into "unix:/path".
+    head = f"{parts.scheme}://" if "://" in url else (f"{parts.scheme}:" if parts.scheme else "")
+    tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return f"{head}{netloc}{parts.path}{tail}"
 
 
 def endpoint_of(url: str) -> str:
@@ -169,6 +174,8 @@ class RedisService:
             # Drop half-open sockets so a failed start leaves nothing behind.
             await self._disconnect_quietly()
             reason = self._describe(exc)
+            # The reason is already in the message; not chaining keeps the library's
+            # exception (and anything it may hold about the URL) out of tracebacks.
             raise StorageError(
                 f"cannot connect to Redis at {self._endpoint}: {reason}",
                 url=self._url,

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRIBE_",
         env_nested_delimiter="__",
+        env_ignore_empty=True,
         extra="ignore",
         populate_by_name=True,
     )

@@ -1,4 +1,4 @@
-"""Alembic migrations: they run both ways on a fresh SQLite file and match the models."""
+"""Alembic migrations: both ways on a fresh SQLite file or PostgreSQL database; match the models."""
 
 from __future__ import annotations
 
@@ -17,14 +17,20 @@ import memory.app.tables
 import memory.world.tables  # registers the world tables on Base.metadata
 from memory.db import Base, make_engine
 from memory.migrate import alembic_config, downgrade_to, upgrade_to_head
+from server.settings import to_sqlalchemy_url
 
 APP_TABLES = {"novels", "chapters", "chapter_versions"}
 
 
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """An engine on a fresh, empty SQLite file."""
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}")
+@pytest.fixture(params=["sqlite", "postgres"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh, empty database: a SQLite file, or a PostgreSQL database."""
+    if request.param == "postgres":
+        # Each test gets its own database: migrations must start from nothing.
+        url: str = request.getfixturevalue("fresh_postgres_url")
+        engine = make_engine(to_sqlalchemy_url(url))
+    else:
+        engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}")
     yield engine
     await engine.dispose()
 
@@ -96,6 +102,7 @@ async def test_app_constraints_have_conventional_names(engine: AsyncEngine) -> N
         names: dict[str, set[str]] = {}
         for table in APP_TABLES:
             found = {fk["name"] for fk in inspector.get_foreign_keys(table)}
+            found.add(inspector.get_pk_constraint(table).get("name"))
             found |= {uq["name"] for uq in inspector.get_unique_constraints(table)}
             found |= {ck["name"] for ck in inspector.get_check_constraints(table)}
             found |= {ix["name"] for ix in inspector.get_indexes(table)}
@@ -107,8 +114,7 @@ async def test_app_constraints_have_conventional_names(engine: AsyncEngine) -> N
 
     for table_name in APP_TABLES:
         table = Base.metadata.tables[table_name]
-        # SQLite does not reflect primary-key names, so those are left out.
-        expected = {str(c.name) for c in table.constraints if c.name} - {f"pk_{table_name}"}
+        expected = {str(c.name) for c in table.constraints if c.name}
         expected |= {str(ix.name) for ix in table.indexes}
         assert reflected[table_name] == expected, table_name
     # Sanity: the models really use the tables module imported above.

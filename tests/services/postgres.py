@@ -137,9 +137,9 @@ def _find_binaries() -> _Binaries | None:
     if _DEBIAN_ROOT.is_dir():
         for child in _DEBIAN_ROOT.iterdir():
             bin_dir = child / "bin"
-            if re.fullmatch(r"\d+", child.name) and (bin_dir / "pg_ctl").is_file():
-                if (bin_dir / "initdb").is_file():
-                    versions.append((int(child.name), bin_dir))
+            tools = (bin_dir / "pg_ctl", bin_dir / "initdb")
+            if re.fullmatch(r"\d+", child.name) and all(tool.is_file() for tool in tools):
+                versions.append((int(child.name), bin_dir))
     if versions:
         return _Binaries(max(versions)[1])
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -61,7 +62,7 @@ def start(workdir: Path) -> Running:
                 started_here=True,
                 startup_seconds=time.monotonic() - started,
                 extra={"install_seconds": install_seconds, "port": port, "pid": process.pid},
-                stop=lambda: _terminate(process),
+                stop=functools.partial(_terminate, process),
             )
         _terminate(process)
         last_error = error

@@ -4,6 +4,7 @@ import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.net.URI;
 import java.nio.file.Path;
+import java.time.Duration;
 import org.neo4j.configuration.GraphDatabaseInternalSettings;
 import org.neo4j.configuration.GraphDatabaseSettings;
 import org.neo4j.configuration.connectors.BoltConnector;
@@ -42,6 +43,12 @@ public final class ScribeNeo4j {
                 .withConfig(GraphDatabaseSettings.auth_enabled, false)
                 .withConfig(GraphDatabaseSettings.pagecache_memory, 64L * 1024 * 1024)
                 .withConfig(GraphDatabaseSettings.preallocate_logical_logs, false)
+                // Netty's default graceful shutdown waits ~10 s for a quiet Bolt; a throwaway
+                // test server has nothing to drain.
+                .withConfig(GraphDatabaseInternalSettings.netty_server_shutdown_quiet_period, 0)
+                .withConfig(
+                        GraphDatabaseInternalSettings.netty_server_shutdown_timeout,
+                        Duration.ofSeconds(2))
                 // Tests run without network beyond loopback: never phone home.
                 .withConfig(GraphDatabaseSettings.udc_enabled, false)
                 .withConfig(GraphDatabaseInternalSettings.udc_network_enabled, false)

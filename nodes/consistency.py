@@ -29,6 +29,9 @@ check and from the two-places check -- when any of these holds:
   ``long before``, ``back then``, ``in those days``, ``as a child``, ``had said``,
   ``used to``, ``dreamed`` and the like (see :data:`MEMORY_PHRASES`).
 
+Markers are read in narration only: words inside quoted dialogue ("I remember," Tobin
+said) mark nothing.
+
 Besides, a dead character's own verb in the past perfect (``Tobin had walked``) is
 narration of the past, not an action now, and so are the contents of quoted dialogue
 (``"Tobin walked into the sea," Mara said`` reports; only the attribution acts).
@@ -46,6 +49,12 @@ from functools import lru_cache
 from memory.world.port import Entity, Fact, WorldMemory, WorldSnapshot
 from nodes.common import slugify
 from nodes.schemas import ChapterBeats, ReviewIssue, Verdict
+
+
+def _wordset(text: str) -> frozenset[str]:
+    """The whitespace-separated words of ``text`` (keeps long vocabularies readable)."""
+    return frozenset(text.split())
+
 
 QUOTE_LIMIT = 600
 """ReviewIssue's limit on ``quote``, ``problem`` and ``suggestion``."""
@@ -89,49 +98,63 @@ _ITALIC = re.compile(
     r"|(?<![_\w])_(?=[^\s_])(?:[^_\n]|\n(?![ \t]*\n))*?(?<=[^\s_])_(?![_\w])"
 )
 
-_TITLES: frozenset[str] = frozenset(
+_TITLES: frozenset[str] = _wordset(
     """captain doctor dr lady lord sir mr mrs ms miss inspector detective father mother sister
     brother professor master dame commander sergeant old young the king queen prince princess
-    aunt uncle saint st""".split()
+    aunt uncle saint st"""
 )
-_ABBREVIATIONS: frozenset[str] = frozenset(
-    "mr mrs ms dr st mt capt col gen lt sgt prof rev jr sr vs etc no".split()
+_ABBREVIATIONS: frozenset[str] = _wordset(
+    "mr mrs ms dr st mt capt col gen lt sgt prof rev jr sr vs etc"
 )
 
 # Verbs that introduce or report speech, for dialogue attribution either way round.
-_SPEECH_VERBS: frozenset[str] = frozenset(
+_SPEECH_VERBS: frozenset[str] = _wordset(
     """said says asked asks answered answers replied replies whispered whispers shouted shouts
     muttered mutters murmured murmurs called calls cried cries laughed laughs sighed sighs
     snapped snaps added adds told tells spoke speaks yelled yells screamed screams began
     continued insisted agreed warned explained demanded growled hissed breathed admitted
     offered pleaded promised repeated retorted conceded declared announced observed noted
-    suggested echoed croaked rasped barked""".split()
+    suggested echoed croaked rasped barked"""
 )
 # Irregular past (and a few present) forms of action verbs: lowercase words after a name
 # that are verbs although they do not end in -ed.
-_ACTION_VERBS: frozenset[str] = frozenset(
+_ACTION_VERBS: frozenset[str] = _wordset(
     """said spoke told went came took gave ran stood sat rose got put shook drew threw wrote
     read began brought bought caught fought struck swore wore woke won lit led hid bit fled
-    slept wept crept knelt leapt sang swam drank ate saw knew thought felt held kept left made
+    slept wept crept knelt leapt sang swam drank ate saw held kept left made
     met found heard paid sent spent stole swung tore broke chose drove flew forgot forgave
-    froze grew hung hurt let lost meant rode rang sold shot shut slid sprang stuck stung
+    froze grew hung hurt let lost rode rang sold shot shut slid sprang stuck stung
     strode taught understood wound smiled grinned nodded turned walks runs goes comes says
     asks stands sits takes gives looks smiles nods turns laughs cries speaks tells waves
     reaches opens closes writes reads picks pulls pushes watches waits whispers shouts
-    draws throws holds keeps leaves makes meets finds hears knows thinks feels sees""".split()
+    draws throws holds keeps leaves makes meets finds hears sees"""
 )
-# Verbs a dead body or a death can take without the dead acting.
-_DEATH_STATE_VERBS: frozenset[str] = frozenset(
+# Verbs a dead body or a death can take without the dead acting, and stative verbs that
+# describe a person rather than an act ("Tobin owed them", "Tobin loved the sea").
+_DEATH_STATE_VERBS: frozenset[str] = _wordset(
     """died dies perished perishes passed drowned lay lies rested rests remained remains fell
     falls seemed seems bled was were is are had has did does would could should might must
-    will can shall may lived""".split()
+    will can shall may lived owed owes owned owns belonged belongs loved loves hated hates
+    liked likes wanted wants needed needs deserved deserves resembled resembles lacked lacks
+    believed believes feared fears trusted trusts preferred prefers knew knows meant means
+    thought thinks felt feels included excepted"""
 )
-_LOOK_DIRECTIONS: frozenset[str] = frozenset(
-    "up down at away around round over back toward towards into out across past".split()
+# Participles that also describe what was done to the dead ("the war over, and Tobin
+# buried"): they are the named one's act only with an object ("Tobin buried the knife").
+_DEATH_PARTICIPLES: frozenset[str] = _wordset(
+    """buried killed murdered slain drowned mourned cremated interred entombed executed
+    hanged poisoned shot stabbed lost forgotten gone carried laid"""
 )
-_CLAUSE_WORDS: frozenset[str] = frozenset(
+_OBJECT_STARTS: frozenset[str] = _wordset(
+    "the a an his her their its him them my our your this that these those every each one"
+)
+_PERFECT_INFINITIVE = re.compile(r"\s+to\s+(?:have|had)\s+[a-z]+")
+_LOOK_DIRECTIONS: frozenset[str] = _wordset(
+    "up down at away around round over back toward towards into out across past"
+)
+_CLAUSE_WORDS: frozenset[str] = _wordset(
     """and but then while as when before after until because so once where though although
-    if yet or nor""".split()
+    if yet or nor"""
 )
 _DEATH_AFTER_NAME = (
     r"(?:\s+\w+ly)?\s+(?:had\s+)?(?:died|dies|perished|was\s+killed|was\s+slain|was\s+murdered"
@@ -159,7 +182,7 @@ _TRAVEL = re.compile(
     r"|wandered|wanders|crossed|crosses|climbed|climbs|stepped|steps|made\s+\w+\s+way"
     r"|makes\s+\w+\s+way|set(?:s)?\s+(?:out|off)|started|starts|followed|follows"
     r"|was\s+(?:taken|brought|carried|dragged)|were\s+(?:taken|brought|carried|dragged))"
-    r"(?:\s+[\w'’-]+){0,3}?\s+(?:to|into|toward|towards|for|back|home|across|through|over"
+    r"(?:\s+[\w'\u2019-]+){0,3}?\s+(?:to|into|toward|towards|for|back|home|across|through|over"
     r"|down|up|out|onto|from)\b"
     r"|arriv(?:ed|es|ing|al)|reach(?:ed|es|ing)|depart(?:ed|s|ing)|enter(?:ed|s|ing)"
     r"|board(?:ed|s|ing)|journey|travell?(?:ed|ing)|left\s+(?:[A-Z]|the\s|for\s|home\b)"
@@ -222,7 +245,7 @@ _SPECIES_COMPATIBLE: dict[str, frozenset[str]] = {
 
 # Capitalised words that are ordinary English, never names, wherever they stand. Kept
 # small: a word the draft also uses in lower case is recognised as ordinary anyway.
-_COMMON_WORDS: frozenset[str] = frozenset(
+_COMMON_WORDS: frozenset[str] = _wordset(
     """a about above across after afterwards again against ah all almost alone along already
     also although always among an and another any anyone anything anyway anywhere are around
     as at away back be because been before behind being below beneath beside besides best
@@ -245,7 +268,7 @@ _COMMON_WORDS: frozenset[str] = frozenset(
     never nonetheless quick quiet run stay stand tell think wake watch welcome yes
     monday tuesday wednesday thursday friday saturday sunday january february march april
     june july august september october november december spring summer autumn winter god
-    gods heaven hell chapter part book prologue epilogue north south east west""".split()
+    gods heaven hell chapter part book prologue epilogue north south east west"""
 )
 
 
@@ -397,11 +420,12 @@ def _analyse(draft: str) -> _Analysis:
             scene += 1
             memory_scene = False
         text = draft[span.start : span.end]
-        if _FLASHBACK_HEADER.match(text):
-            memory_scene = True
-        memory_paragraph = memory_scene or bool(_TIME_SHIFT_OPENER.match(text))
         inside = _quote_mask(text)
         masked_text = "".join(" " if q else ch for ch, q in zip(text, inside, strict=True))
+        # Markers count in narration only: a character saying "I remember" is not a memory.
+        if _FLASHBACK_HEADER.match(masked_text):
+            memory_scene = True
+        memory_paragraph = memory_scene or bool(_TIME_SHIFT_OPENER.match(masked_text))
         for start, end in _sentence_bounds(text, inside):
             raw = text[start:end]
             lead = len(raw) - len(raw.lstrip())
@@ -424,7 +448,7 @@ def _analyse(draft: str) -> _Analysis:
                     masked=masked,
                     paragraph=number,
                     scene=scene,
-                    memory=memory_paragraph or in_italics or bool(_MEMORY.search(sentence_text)),
+                    memory=memory_paragraph or in_italics or bool(_MEMORY.search(masked)),
                 )
             )
     return _Analysis(tuple(sentences))
@@ -599,10 +623,13 @@ def _actions(sentence: Sentence, forms: Sequence[str]) -> list[_Act]:
             continue
         after = re.match(
             r"(?:\s+and\s+[A-Z][\w'\u2019-]*(?:\s+[A-Z][\w'\u2019-]*)?)?"
-            r"(?:\s+(?P<adverb>[a-z]+ly))?\s+(?P<verb>[a-z]+)(?:\s+(?P<next>[a-z]+))?",
+            r"(?:\s+(?P<adverb>[a-z]+ly))?\s+(?P<verb>[a-z]+)(?:\s+(?P<next>[A-Za-z]+))?",
             text[match.end() :],
         )
         if after is None or not _is_acting(after.group("verb"), after.group("next")):
+            continue
+        if _PERFECT_INFINITIVE.match(text, match.end() + after.end("verb")):
+            # "Tobin claimed to have been there": a report of the earlier event.
             continue
         end = match.end() + after.end("verb")
         found.append(_Act(match.start(), end, text[match.start() : end]))
@@ -617,6 +644,10 @@ def _actions(sentence: Sentence, forms: Sequence[str]) -> list[_Act]:
 
 def _is_acting(verb: str, following: str | None) -> bool:
     """True when ``verb`` (after a name) makes the named one act now."""
+    if verb in _DEATH_PARTICIPLES:
+        return following is not None and (
+            following[0].isupper() or following.lower() in _OBJECT_STARTS
+        )
     if verb in ("was", "were", "is", "are"):
         # Progressive forms act ("was walking"); states and passives do not.
         return bool(following and following.endswith("ing") and following != "dying")
@@ -666,10 +697,14 @@ def dead_character_findings(
     dead since an earlier chapter may not act in any non-memory sentence. A character
     who dies in this chapter -- a ``death`` event in the beats, or a death recorded at
     this very chapter by an earlier version of it -- may act until the first sentence
-    that narrates the death, not after it. Acting is being the subject of an active verb
-    ("Tobin walked", "Tobin and Ada waited", "Then Tobin laughed") or a dialogue
-    attribution ('"Go," Tobin said', '"Go," said Tobin'); mentions ("They buried Tobin",
-    "Tobin's grave", "Tobin was buried", "Tobin lay still") are not actions.
+    that narrates the death, not after it. Acting is being the subject, at the start of a
+    clause, of an active verb ("Tobin walked", "Tobin and Ada waited", "Then Tobin
+    laughed", "Tobin was walking") or a dialogue attribution ('"Go," Tobin said', '"Go,"
+    said Tobin'). Not actions: mentions ("They buried Tobin", "Tobin's grave"), passives
+    and states ("Tobin was buried", "Tobin lay still", "Tobin loved the sea", "Tobin
+    owed them"), modals ("Tobin would have laughed"), a verb followed by a perfect
+    infinitive ("Tobin claimed to have been there" reports the earlier claim), and
+    anything in quoted dialogue or in a memory sentence (see the module docstring).
     """
     world = _world(snapshot)
     sentences = split_sentences(draft)
@@ -879,30 +914,30 @@ _CAPITALISED = re.compile(r"[A-Z][a-z]+(?:[-][A-Za-z]+)*(?:['\u2019][a-z]*)?")
 
 
 def _capitalised_runs(sentence: Sentence) -> list[list[tuple[str, int, int]]]:
-    """Runs of adjacent capitalised words (possessive stripped), common words breaking runs."""
+    """Runs of capitalised words separated by single spaces, as (word, start, end).
+
+    A possessive is stripped and ends its run; common words and contractions break runs.
+    """
     runs: list[list[tuple[str, int, int]]] = []
     current: list[tuple[str, int, int]] = []
     last_end = -1
-    for match in _CAPITALISED.finditer(sentence.text):
+    text = sentence.text
+    for match in _CAPITALISED.finditer(text):
         raw = match.group(0)
         word = re.sub(r"['\u2019]s?$", "", raw)
-        if ("'" in raw or "\u2019" in raw) and re.search(r"['\u2019](?!s?$)", raw):
-            # A contraction ("Don't", "Couldn't") is never a name.
-            word = ""
-        before = sentence.text[match.start() - 1] if match.start() > 0 else " "
-        if before.isalpha() or not word or word.lower() in _COMMON_WORDS:
+        contraction = re.search(r"['\u2019](?!s?$)", raw) is not None
+        glued = match.start() > 0 and text[match.start() - 1].isalpha()
+        if contraction or glued or word.lower() in _COMMON_WORDS:
             if current:
                 runs.append(current)
             current, last_end = [], -1
             continue
-        gap = sentence.text[last_end : match.start()] if last_end >= 0 else ""
-        if current and (gap.strip() or "\n" in gap):
+        if current and text[last_end : match.start()] != " ":
             runs.append(current)
             current = []
         current.append((word, match.start(), match.start() + len(word)))
-        last_end = match.start() + len(raw)
+        last_end = match.end()
         if word != raw:
-            # A possessive ends the name.
             runs.append(current)
             current, last_end = [], -1
     if current:
@@ -926,7 +961,7 @@ def near_miss_name_findings(
     """
     del beats, chapter  # names are compared with the whole world as it stands
     world = _world(snapshot)
-    text_lower = {w for w in re.findall(r"\b[a-z][a-z'-]*\b", draft)}
+    text_lower = set(re.findall(r"\b[a-z][a-z'-]*\b", draft))
     comparisons: list[tuple[str, str, int]] = []
     for entity in world.entities:
         for form in world.forms.get(entity.key, ()):
@@ -1025,34 +1060,51 @@ def _feature_patterns(forms: Sequence[str], noun: str) -> list[re.Pattern[str]]:
     """Patterns that give the named one's ``noun`` (eyes, hair) a description."""
     names = _form_pattern(forms)
     who = rf"(?<![\w'\u2019-])(?:{names})"
-    adjective = noun[:-1] if noun.endswith("s") else noun
+    having = {"eyes": "eyed", "hair": "haired"}[noun]
     return [
         re.compile(rf"{who}['\u2019]s\s+{_ADJECTIVES}{noun}\b"),
         re.compile(
             rf"{who}['\u2019]s\s+{noun}\s+(?:were|was|are|is|had\s+been|shone|gleamed|glinted"
             rf"|flashed|burned|blazed|looked|seemed|fell|hung|glowed)\s+"
-            r"(?P<adj>(?:[A-Za-z-]+,?\s+){0,2}?[A-Za-z-]+)"
+            r"(?P<adj>(?:[A-Za-z-]+,?\s+){0,3}[A-Za-z-]+)"
         ),
         re.compile(rf"{who}(?![\w'\u2019-])\s+(?:had|has)\s+{_ADJECTIVES}{noun}\b"),
         re.compile(
-            rf"(?P<adj>\b[A-Za-z]+(?:-[A-Za-z]+)?)-(?:{adjective}ed|{adjective}d)\s+"
-            rf"(?:[a-z]+\s+)?(?:{names})(?![\w-])"
+            rf"(?P<adj>\b[A-Za-z]+(?:-[A-Za-z]+)?)-{having}\s+(?:[a-z]+\s+)?"
+            rf"(?:{names})(?![\w-])"
         ),
     ]
+
+
+# Species words often used figuratively ("a giant of a man", "she was an angel"): they
+# count only in appositions ("the giant Ada", "Ada the giant"), not after "was a".
+_FIGURATIVE_SPECIES: frozenset[str] = frozenset(
+    {"giant", "angel", "demon", "dragon", "alien", "troll", "mortal", "robot", "machine"}
+)
+# "the dragon Ada rode." is a relative clause, not an apposition: a name followed by one
+# verb and then the end of the clause or another verb.
+_RELATIVE_CLAUSE = (
+    r"(?!\s+[a-z]+(?:\s*(?:[.,;:!?]|$)|\s+(?:was|were|is|are|had|has|would|could|did)\b))"
+)
 
 
 def _species_patterns(forms: Sequence[str]) -> list[re.Pattern[str]]:
     """Patterns that call the named one a member of some species."""
     names = _form_pattern(forms)
     who = rf"(?<![\w'\u2019-])(?:{names})(?![\w'\u2019-])"
-    kinds = "|".join(re.escape(w) for w in sorted(_SPECIES, key=len, reverse=True))
-    species = rf"(?P<adj>{kinds})(?![\w-])"
+    ordered = sorted(_SPECIES, key=lambda w: (-len(w), w))
+    every = "|".join(re.escape(w) for w in ordered)
+    literal = "|".join(re.escape(w) for w in ordered if w not in _FIGURATIVE_SPECIES)
+    species = rf"(?P<adj>{every})(?![\w'\u2019-])"
+    literal_species = rf"(?P<adj>{literal})(?![\w'\u2019-])"
     return [
-        re.compile(rf"\b[Tt]he\s+(?:[a-z]+\s+)?{species}\s+{who}"),
+        re.compile(rf"\b[Tt]he\s+(?:[a-z]+\s+)?{species}\s+{who}{_RELATIVE_CLAUSE}"),
         re.compile(rf"\b(?:[Aa]n?|[Tt]he)\s+{species}\s+(?:named|called)\s+{who}"),
-        re.compile(rf"{who},\s+(?:an?|the)\s+(?:[a-z]+\s+)?{species}"),
-        re.compile(rf"{who}\s+(?:was|is|had\s+been)\s+(?:an?|the)\s+(?:[a-z]+\s+)?{species}"),
         re.compile(rf"{who}\s+the\s+{species}"),
+        re.compile(rf"{who},\s+(?:an?|the)\s+(?:[a-z]+\s+)?{literal_species}"),
+        re.compile(
+            rf"{who}\s+(?:was|is|had\s+been)\s+(?:an?|the)\s+(?:[a-z]+\s+)?{literal_species}"
+        ),
     ]
 
 

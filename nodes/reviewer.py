@@ -9,8 +9,9 @@ from langgraph.runtime import Runtime
 from graphs.state import NovelState, ReviewDecision, VerdictState
 from memory.errors import StorageError
 from nodes.common import novel_id_of, progress
+from nodes.consistency import consistency_findings, with_findings
 from nodes.context import ScribeContext
-from nodes.schemas import ChapterBeats, ReviewInput, ReviewIssue, Verdict
+from nodes.schemas import ChapterBeats, ReviewInput, Verdict
 from nodes.world_view import world_brief
 
 
@@ -49,7 +50,9 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
     beats = ChapterBeats(**(state.get("beats") or {}))
     progress(runtime, "reviewer", "reviewing", chapter=chapter, revision=revision)
     snapshot = await ctx.world.world_as_of(novel_id, chapter)
-    findings: list[ReviewIssue] = []
+    # Deterministic checks first: the model sees them, and they stay in the verdict (as
+    # issues, majors forcing a revision) whether or not the model repeats them.
+    findings = await consistency_findings(ctx.world, novel_id, chapter, beats, draft)
     verdict = await ctx.models.structured(
         "chapter_review",
         ReviewInput(
@@ -63,6 +66,7 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
         Verdict,
         check=lambda v: quote_problems(v, draft),
     )
+    verdict = with_findings(verdict, findings)
     decision = decide(
         verdict,
         revision=revision,
@@ -76,6 +80,7 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
         chapter=chapter,
         revision=revision,
         score=verdict.scores.lowest(),
+        findings=len(findings),
     )
     verdict_state: VerdictState = {
         "decision": decision,

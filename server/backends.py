@@ -86,7 +86,7 @@ async def _open_checkpointer(settings: Settings, stack: AsyncExitStack) -> BaseC
         )
         await pool.open(wait=True, timeout=30)
         stack.push_async_callback(pool.close)
-        postgres = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        postgres = AsyncPostgresSaver(pool)
         await postgres.setup()
         return postgres
 

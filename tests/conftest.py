@@ -18,7 +18,7 @@ import pytest
 
 from server.backends import Backends, open_backends
 from server.settings import Settings, load_settings
-from tests.services import postgres, redis
+from tests.services import neo4j, postgres, redis
 from tests.services.base import Running, ServiceUnavailable
 
 _ENV_PREFIXES = ("SCRIBE_", "OPENAI_")
@@ -142,6 +142,15 @@ def fresh_postgres_url(postgres_server: Running) -> Iterator[str]:
         yield url
     finally:
         postgres.drop_database(postgres_server.url, postgres.database_name(url))
+
+
+@pytest.fixture(scope="session")
+def neo4j_server(use_service: UseService) -> Running:
+    """A Neo4j server; ``.url`` is a ``bolt://`` URL, ``.extra`` has ``user`` and ``password``.
+
+    Tests sharing it keep apart by their own novel ids (and clean up after themselves).
+    """
+    return use_service("neo4j", neo4j.start)
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from memory.db import make_engine
+from memory.world.neo4j import Neo4jWorldMemory
 from memory.world.port import WorldMemory
 from memory.world.sql import SqlWorldMemory
 from server.settings import to_sqlalchemy_url
+from tests.services.base import Running
 
 WorldFactory = Callable[[Path, pytest.FixtureRequest], AbstractAsyncContextManager[WorldMemory]]
 
@@ -59,9 +61,30 @@ async def sql_postgres(
         await engine.dispose()
 
 
+@asynccontextmanager
+async def neo4j(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[WorldMemory]:
+    """The Neo4j backend on the session's Neo4j server.
+
+    The server is shared by every test of the session: each test's unique novel id keeps
+    its world apart, and the novel is dropped afterwards so the graph does not grow.
+    """
+    server: Running = request.getfixturevalue("neo4j_server")
+    novel_id: str = request.getfixturevalue("novel_id")
+    memory = Neo4jWorldMemory.connect(
+        server.url, server.extra.get("user", "neo4j"), server.extra.get("password")
+    )
+    try:
+        await memory.setup()
+        yield memory
+        await memory.drop_novel(novel_id)
+    finally:
+        await memory.close()
+
+
 WORLD_BACKENDS: dict[str, WorldFactory] = {
     "sql-sqlite": sql_sqlite,
     "sql-postgres": sql_postgres,
+    "neo4j": neo4j,
 }
 
 

@@ -185,11 +185,11 @@ def start(workdir: Path) -> Running:
     ``build_seconds`` and ``launch_seconds``.
     """
     began = time.monotonic()
-    url = os.environ.get(_ENV_URL)
-    if url:
+    given = os.environ.get(_ENV_URL)
+    if given:
         return Running(
             name="neo4j",
-            url=url,
+            url=given,
             started_here=False,
             startup_seconds=0.0,
             extra={
@@ -222,6 +222,8 @@ def start(workdir: Path) -> Running:
             "build_seconds": built - began,
             "launch_seconds": ready - built,
             "pid": process.pid,
+            "source": f"neo4j-harness {neo4j_version()}, "
+            + ("launcher built now" if cold else "cached launcher"),
         },
         stop=lambda: _stop(process, data_dir),
     )

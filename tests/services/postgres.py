@@ -180,7 +180,7 @@ def _cluster_root(workdir: Path) -> Path:
         # pytest's temp dirs are private to root; a dedicated dir in /tmp avoids opening them.
         root = Path(tempfile.mkdtemp(prefix=_DEDICATED_PREFIX))
         root.chmod(0o700)
-        (root / _OWNER_FILE).write_text(str(os.getpid()))
+        (root / _OWNER_FILE).write_text(_process_identity(os.getpid()))
     if user is not None:
         for path in (root, *root.iterdir()):
             os.chown(path, user.pw_uid, user.pw_gid)
@@ -284,15 +284,17 @@ def _stop(binaries: _Binaries, root: Path) -> None:
 
 def _reap_orphans() -> None:
     """Stop and delete dedicated clusters left by sessions that died without cleaning up."""
+    if not Path("/proc/self/stat").exists():
+        return  # No way to tell a live owner from a reused pid: leave them alone.
     binaries = _find_binaries()
     temp = Path(tempfile.gettempdir())
     for root in temp.glob(f"{_DEDICATED_PREFIX}*"):
-        owner = root / _OWNER_FILE
         try:
-            pid = int(owner.read_text())
+            owner = (root / _OWNER_FILE).read_text().strip()
+            pid = int(owner.split(":", 1)[0])
         except (OSError, ValueError):
             continue
-        if _alive(pid):
+        if _process_identity(pid) == owner or (":" not in owner and _alive(pid)):
             continue
         if binaries is not None and (root / "data" / "postmaster.pid").exists():
             subprocess.run(
@@ -315,6 +317,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _process_identity(pid: int) -> str:
+    """``pid:starttime``: unlike the pid alone, not matched by a later process reusing it."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return f"{pid}:gone"
+    # Field 22 (start time); the command name in parentheses may contain spaces.
+    fields = stat_line.rsplit(")", 1)[-1].split()
+    return f"{pid}:{fields[19]}"
 
 
 def _remove(root: Path) -> None:
@@ -344,7 +357,7 @@ def _check_reachable(url: str) -> None:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         raise ServiceUnavailable(
-            f"cannot connect to PostgreSQL at {_redacted(url)}: {exc}"
+            f"cannot connect to PostgreSQL at {_redacted(url)}: {_one_line(exc)}"
         ) from exc
 
 
@@ -355,3 +368,8 @@ def _redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _one_line(error: BaseException) -> str:
+    """A driver's multi-line message on one line, for skip reasons and the summary."""
+    return " ".join(str(error).split())

@@ -203,7 +203,9 @@ def _ping(url: str) -> None:
         if not client.ping():
             raise ServiceUnavailable(f"Redis at {_redacted(url)} did not answer PING")
     except redis.RedisError as exc:
-        raise ServiceUnavailable(f"cannot reach Redis at {_redacted(url)}: {exc}") from exc
+        raise ServiceUnavailable(
+            f"cannot reach Redis at {_redacted(url)}: {_one_line(exc)}"
+        ) from exc
     finally:
         client.close()
 
@@ -223,3 +225,8 @@ def _redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _one_line(error: BaseException) -> str:
+    """A driver's multi-line message on one line, for skip reasons and the summary."""
+    return " ".join(str(error).split())

@@ -5,7 +5,7 @@ The graph is laid out so that an author opening Neo4j Browser recognises the wor
 * ``(:Entity:Character {novel_id, key, name, kind, description, aliases, ...})``: every
   entity has the ``Entity`` label plus one readable kind label (``Character``,
   ``Location``, ``Faction``, ``Item``, ``Rule``, ``Event``). ``aliases`` lists every alias
-  ever recorded in recording order; the parallel lists ``alias_norms``,
+  ever recorded, in recording order; the parallel lists ``alias_norms``,
   ``alias_chapters`` and ``alias_retracted`` hold each one's lookup form, the chapter that
   recorded it and whether that chapter was retracted. ``seq`` orders entities by creation
   (lookup ties go to the older one).
@@ -28,10 +28,12 @@ it is built from a predicate only when that predicate is strict snake case and t
 matches ``^[A-Z][A-Z0-9_]{0,40}$``; any other predicate is stored as ``RELATED_TO`` (its
 exact text still in ``predicate``).
 
-``apply`` works like the SQL backend's: one write transaction loads what the batch
-touches, decides in Python with the same rules (imported from :mod:`memory.world.sql` so
-the backends cannot drift apart) and writes with ``UNWIND`` batches. Reads take a few
-queries whatever the size of the world.
+``apply`` works like the SQL backend's: in one write transaction it loads what the batch
+touches (one query), decides in Python with the same rules (imported from
+:mod:`memory.world.sql`, so the backends cannot drift apart) and writes with ``UNWIND``
+batches (one statement, plus one per new relationship type). ``world_as_of`` is a single
+query. Results come back as one row of collected lists: the Python driver's cost is per
+record, so a thousand facts in one row read several times faster than a thousand rows.
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, LiteralString, cast
+from typing import Any, LiteralString, NamedTuple, cast
 
-from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction, Record
+from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction, AsyncSession
 from neo4j.exceptions import ConstraintError, DriverError, Neo4jError
 
 from memory.errors import InvalidInput, StorageError
@@ -101,8 +103,8 @@ def relationship_type(predicate: str) -> str:
     return candidate
 
 
-def _create_relation_query(rel_type: str) -> LiteralString:
-    """The ``UNWIND`` query creating relationship facts of one whitelisted type."""
+def _create_relations_query(rel_type: str) -> LiteralString:
+    """The ``UNWIND`` statement creating relationship facts of one whitelisted type."""
     if _RELATION_TYPE.fullmatch(rel_type) is None:  # pragma: no cover - defence in depth
         raise StorageError(f"refusing relationship type {rel_type!r}")
     # The type passed the whitelist above; everything else is a parameter.
@@ -122,7 +124,7 @@ _SCHEMA: tuple[LiteralString, ...] = (
     "CREATE CONSTRAINT scribe_entity_key IF NOT EXISTS "
     "FOR (e:Entity) REQUIRE (e.novel_id, e.key) IS UNIQUE",
     "CREATE CONSTRAINT scribe_fixed_attribute IF NOT EXISTS "
-    "FOR (f:FixedAttribute) REQUIRE (f.novel_id, f.subject, f.name) IS UNIQUE",
+    "FOR (x:FixedAttribute) REQUIRE (x.novel_id, x.subject, x.name) IS UNIQUE",
     "CREATE CONSTRAINT scribe_setup_version IF NOT EXISTS "
     "FOR (v:Setup) REQUIRE (v.novel_id, v.key, v.recorded_chapter) IS UNIQUE",
     "CREATE INDEX scribe_entity_novel IF NOT EXISTS FOR (e:Entity) ON (e.novel_id)",
@@ -130,43 +132,108 @@ _SCHEMA: tuple[LiteralString, ...] = (
     "CREATE INDEX scribe_attribute_subject IF NOT EXISTS "
     "FOR (a:Attribute) ON (a.novel_id, a.subject)",
     "CREATE INDEX scribe_fixed_attribute_novel IF NOT EXISTS "
-    "FOR (f:FixedAttribute) ON (f.novel_id)",
+    "FOR (x:FixedAttribute) ON (x.novel_id)",
     "CREATE INDEX scribe_setup_novel IF NOT EXISTS FOR (v:Setup) ON (v.novel_id)",
 )
 
-# --- fact queries ---------------------------------------------------------------------
+# --- read fragments -------------------------------------------------------------------
+# Each fragment is an uncorrelated CALL subquery yielding one row with one collected list,
+# so a query chains the fragments it needs and ends with a RETURN of their variables.
 # Relationship facts are reached from their subject entity, attribute facts through their
-# own index; both return the same columns so callers treat them alike. ``f`` is the fact.
+# own index; both yield the columns of :class:`_StoredFact`. ``f`` is the fact.
 
-_RELATION_FACTS: LiteralString = "MATCH (s:Entity {novel_id: $novel})-[f]->(o:Entity) WHERE "
-_RELATION_COLUMNS: LiteralString = (
-    " RETURN elementId(f) AS id, s.key AS subject, f.predicate AS predicate,"
-    " null AS value, o.key AS object, f.valid_from_chapter AS valid_from,"
-    " f.valid_to_chapter AS valid_to, f.source_chapter AS source,"
-    " f.closed_by_chapter AS closed_by"
-)
-_ATTRIBUTE_FACTS: LiteralString = "MATCH (f:Attribute {novel_id: $novel}) WHERE "
-_ATTRIBUTE_COLUMNS: LiteralString = (
-    " RETURN elementId(f) AS id, f.subject AS subject, f.name AS predicate,"
-    " f.value AS value, null AS object, f.valid_from_chapter AS valid_from,"
-    " f.valid_to_chapter AS valid_to, f.source_chapter AS source,"
-    " f.closed_by_chapter AS closed_by"
-)
 _VALID_AT: LiteralString = (
     "NOT f.retracted AND f.valid_from_chapter <= $chapter"
     " AND (f.valid_to_chapter IS NULL OR f.valid_to_chapter > $chapter)"
 )
+_FACT_TAIL: LiteralString = (
+    " f.valid_from_chapter, f.valid_to_chapter, f.source_chapter, f.closed_by_chapter]"
+)
+_RELATION_ITEM: LiteralString = (
+    "[elementId(f), startNode(f).key, f.predicate, null, endNode(f).key," + _FACT_TAIL
+)
+_ATTRIBUTE_ITEM: LiteralString = "[elementId(f), f.subject, f.name, f.value, null," + _FACT_TAIL
 
-_ENTITY_COLUMNS: LiteralString = (
-    " RETURN e.key AS key, e.kind AS kind, e.name AS name, e.name_norm AS name_norm,"
-    " e.description AS description, e.description_chapter AS description_chapter,"
-    " e.introduced_chapter AS introduced_chapter, e.aliases AS aliases,"
-    " e.alias_norms AS alias_norms, e.alias_chapters AS alias_chapters,"
-    " e.alias_retracted AS alias_retracted,"
+
+def _facts_fragment(relation_where: LiteralString, attribute_where: LiteralString) -> LiteralString:
+    """Subqueries yielding ``relations`` and ``attributes`` matching the conditions."""
+    return (
+        " CALL { MATCH (s:Entity {novel_id: $novel})-[f]->(:Entity) WHERE "
+        + relation_where
+        + " RETURN collect("
+        + _RELATION_ITEM
+        + ") AS relations }"
+        " CALL { MATCH (f:Attribute {novel_id: $novel}) WHERE "
+        + attribute_where
+        + " RETURN collect("
+        + _ATTRIBUTE_ITEM
+        + ") AS attributes }"
+    )
+
+
+_ENTITY_VISIBLE: LiteralString = (
+    " WHERE NOT e.retracted AND ($chapter IS NULL OR e.introduced_chapter <= $chapter)"
+)
+_ENTITY_ITEM: LiteralString = (
+    "[e.key, e.kind, e.name, e.name_norm, e.description, e.description_chapter,"
+    " e.introduced_chapter, e.aliases, e.alias_norms, e.alias_chapters, e.alias_retracted,"
     " [(e)-[:HAS_FIXED_ATTRIBUTE]->(x:FixedAttribute)"
     "  WHERE NOT x.retracted AND ($chapter IS NULL OR x.recorded_chapter <= $chapter)"
-    "  | [x.name, x.value]] AS fixed"
+    "  | [x.name, x.value]]]"
 )
+_ALL_ENTITIES: LiteralString = (
+    " CALL { MATCH (e:Entity {novel_id: $novel})"
+    + _ENTITY_VISIBLE
+    + " RETURN collect("
+    + _ENTITY_ITEM
+    + ") AS entities }"
+)
+_ENTITIES_BY_KEY: LiteralString = (
+    " CALL { UNWIND $keys AS key MATCH (e:Entity {novel_id: $novel, key: key})"
+    + _ENTITY_VISIBLE
+    + " RETURN collect("
+    + _ENTITY_ITEM
+    + ") AS entities }"
+)
+_SETUP_COLUMNS: LiteralString = (
+    "v.key, v.description, v.planted_chapter, v.due_chapter, v.entities,"
+    " v.paid_off_chapter, v.recorded_chapter, v.retracted"
+)
+_SETUPS_BY_CHAPTER: LiteralString = (
+    " CALL { MATCH (v:Setup {novel_id: $novel})"
+    " WHERE NOT v.retracted AND v.recorded_chapter <= $chapter"
+    " RETURN collect([elementId(v), " + _SETUP_COLUMNS + "]) AS setups }"
+)
+
+_WORLD_AS_OF: LiteralString = (
+    _ALL_ENTITIES
+    + _facts_fragment(_VALID_AT, _VALID_AT)
+    + _SETUPS_BY_CHAPTER
+    + " RETURN entities, relations, attributes, setups"
+)
+
+# Everything ``apply`` needs, after locking the novel: the entities the batch names, their
+# facts still open at or after its chapter, and the versions of the set-ups it names.
+_STILL_OPEN: LiteralString = (
+    " AND NOT f.retracted AND (f.valid_to_chapter IS NULL OR f.valid_to_chapter > $chapter)"
+)
+_LOAD_BATCH: LiteralString = (
+    "MERGE (n:Novel {novel_id: $novel}) ON CREATE SET n.entity_seq = 0"
+    " SET n.entity_seq = n.entity_seq"
+    " WITH n.entity_seq AS entity_seq"
+    " CALL { UNWIND $keys AS key MATCH (e:Entity {novel_id: $novel, key: key})"
+    " RETURN collect([elementId(e), e.key, e.kind, e.name, e.description,"
+    "  e.description_chapter, e.introduced_chapter, e.retracted, e.seq, e.aliases,"
+    "  e.alias_norms, e.alias_chapters, e.alias_retracted,"
+    "  [(e)-[:HAS_FIXED_ATTRIBUTE]->(x:FixedAttribute)"
+    "   | [elementId(x), x.name, x.value, x.recorded_chapter, x.retracted]]]) AS entities }"
+    + _facts_fragment("s.key IN $keys" + _STILL_OPEN, "f.subject IN $keys" + _STILL_OPEN)
+    + " CALL { MATCH (v:Setup {novel_id: $novel}) WHERE v.key IN $setup_keys"
+    " RETURN collect([elementId(v), " + _SETUP_COLUMNS + "]) AS setups }"
+    " RETURN entity_seq, entities, relations, attributes, setups"
+)
+
+# --- write statements -----------------------------------------------------------------
 
 # Kind labels are set from a fixed list in the query text itself, never from input.
 _SET_KIND_LABEL: LiteralString = (
@@ -182,44 +249,67 @@ _SET_KIND_LABEL: LiteralString = (
     " FOREACH (_ IN CASE WHEN row.props.kind = 'event' THEN [1] ELSE [] END | SET e:Event)"
 )
 
+# Every write of a batch but its new relationships, as unit subqueries in dependency
+# order (entities before what hangs off them). Its text never changes, so the server
+# plans it once; empty lists make a subquery do nothing.
+_WRITE_BATCH: LiteralString = (
+    "CALL { UNWIND $new_entities AS row"
+    " CREATE (e:Entity {novel_id: $novel, key: row.key})"
+    " SET e += row.props, e.seq = row.seq WITH e, row" + _SET_KIND_LABEL + " }"
+    " CALL { UNWIND $changed_entities AS row MATCH (e:Entity) WHERE elementId(e) = row.id"
+    " SET e += row.props WITH e, row" + _SET_KIND_LABEL + " }"
+    " CALL { UNWIND $new_fixed AS row MATCH (e:Entity {novel_id: $novel, key: row.subject})"
+    " CREATE (e)-[:HAS_FIXED_ATTRIBUTE]->(x:FixedAttribute"
+    "  {novel_id: $novel, subject: row.subject, name: row.name})"
+    " SET x.value = row.value, x.recorded_chapter = row.recorded, x.retracted = false }"
+    " CALL { UNWIND $changed_fixed AS row"
+    " MATCH (x:FixedAttribute) WHERE elementId(x) = row.id"
+    " SET x.value = row.value, x.recorded_chapter = row.recorded,"
+    "  x.retracted = row.retracted }"
+    " CALL { UNWIND $closed_relations AS id MATCH ()-[f]->() WHERE elementId(f) = id"
+    " SET f.valid_to_chapter = $chapter, f.closed_by_chapter = $chapter }"
+    " CALL { UNWIND $closed_attributes AS id MATCH (f:Attribute) WHERE elementId(f) = id"
+    " SET f.valid_to_chapter = $chapter, f.closed_by_chapter = $chapter }"
+    " CALL { UNWIND $new_attributes AS row"
+    " MATCH (s:Entity {novel_id: $novel, key: row.props.subject})"
+    " CREATE (s)-[:HAS_ATTRIBUTE]->(f:Attribute) SET f += row.props }"
+    " CALL { UNWIND $new_setups AS row"
+    " CREATE (v:Setup {novel_id: $novel, key: row.key, recorded_chapter: row.recorded})"
+    " SET v += row.props }"
+    " CALL { UNWIND $changed_setups AS row MATCH (v:Setup) WHERE elementId(v) = row.id"
+    " SET v += row.props }"
+    # Links are for people browsing the graph; a set-up's ``entities`` stays the record.
+    " CALL { UNWIND $linked_setups AS row"
+    " MATCH (v:Setup {novel_id: $novel, key: row.key, recorded_chapter: row.recorded})"
+    " OPTIONAL MATCH (v)-[old:CONCERNS]->() DELETE old"
+    " WITH DISTINCT v, row UNWIND row.entities AS entity_key"
+    " MATCH (e:Entity {novel_id: $novel, key: entity_key}) MERGE (v)-[:CONCERNS]->(e) }"
+    " MATCH (n:Novel {novel_id: $novel}) SET n.entity_seq = $entity_seq"
+)
 
-async def _rows(tx: AsyncManagedTransaction, query: LiteralString, **params: Any) -> list[Record]:
+_WRITE_LISTS = (
+    "new_entities",
+    "changed_entities",
+    "new_fixed",
+    "changed_fixed",
+    "closed_relations",
+    "closed_attributes",
+    "new_attributes",
+    "new_setups",
+    "changed_setups",
+    "linked_setups",
+)
+
+
+async def _single(tx: AsyncManagedTransaction, query: LiteralString, **params: Any) -> Any:
+    """The one row a query of collected lists returns, as a record (``None``: no row)."""
     result = await tx.run(query, params)
-    return [record async for record in result]
+    return await result.single()
 
 
 async def _execute(tx: AsyncManagedTransaction, query: LiteralString, **params: Any) -> None:
     result = await tx.run(query, params)
     await result.consume()
-
-
-async def _select_facts(
-    tx: AsyncManagedTransaction,
-    relation_where: LiteralString,
-    attribute_where: LiteralString,
-    **params: Any,
-) -> list[Record]:
-    """Relationship and attribute facts matching the two conditions (on ``f``)."""
-    relations = await _rows(tx, _RELATION_FACTS + relation_where + _RELATION_COLUMNS, **params)
-    attributes = await _rows(tx, _ATTRIBUTE_FACTS + attribute_where + _ATTRIBUTE_COLUMNS, **params)
-    return relations + attributes
-
-
-async def _lock_novel(tx: AsyncManagedTransaction, novel_id: str, *, create: bool) -> int | None:
-    """Lock the novel's bookkeeping node; returns its entity counter (``None``: no node).
-
-    Writing a property takes the node's write lock until the transaction ends, so writes
-    to one novel run one after another.
-    """
-    query: LiteralString = (
-        "MERGE (n:Novel {novel_id: $novel}) ON CREATE SET n.entity_seq = 0"
-        " SET n.entity_seq = n.entity_seq RETURN n.entity_seq AS seq"
-        if create
-        else "MATCH (n:Novel {novel_id: $novel})"
-        " SET n.entity_seq = n.entity_seq RETURN n.entity_seq AS seq"
-    )
-    found = await _rows(tx, query, novel=novel_id)
-    return int(found[0]["seq"]) if found else None
 
 
 @asynccontextmanager
@@ -231,7 +321,46 @@ async def _storage_errors(action: str) -> AsyncIterator[None]:
         raise StorageError(f"world memory could not {action}: {exc}", action=action) from exc
 
 
+class _StoredFact(NamedTuple):
+    """A fact as the read fragments yield it."""
+
+    id: str
+    subject: str
+    predicate: str
+    value: str | None
+    object: str | None
+    valid_from: int
+    valid_to: int | None
+    source: int
+    closed_by: int | None
+
+    def fact(self) -> Fact:
+        return Fact(
+            subject=self.subject,
+            predicate=self.predicate,
+            value=self.value,
+            object=self.object,
+            valid_from_chapter=self.valid_from,
+            valid_to_chapter=self.valid_to,
+            source_chapter=self.source,
+        )
+
+
+def _stored_facts(*collected: Iterable[Sequence[Any]]) -> list[_StoredFact]:
+    return [_StoredFact(*item) for items in collected for item in items]
+
+
 # --- per-batch working state ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ChildState:
+    """An alias (``text`` is the alias) or a fixed attribute (``text`` is its value)."""
+
+    text: str
+    recorded_chapter: int
+    retracted: bool
+    id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,16 +391,6 @@ class _EntityState:
             "alias_chapters": [a.recorded_chapter for _, a in aliases],
             "alias_retracted": [a.retracted for _, a in aliases],
         }
-
-
-@dataclass(frozen=True)
-class _ChildState:
-    """An alias (``text`` is the alias) or a fixed attribute (``text`` is its value)."""
-
-    text: str
-    recorded_chapter: int
-    retracted: bool
-    id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +446,14 @@ class _SetupState:
         }
 
 
+@dataclass
+class _Writes:
+    """Everything a batch writes, flushed at its end in one statement (plus new relations)."""
+
+    lists: dict[str, list[Any]] = field(default_factory=lambda: {n: [] for n in _WRITE_LISTS})
+    relations: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+
+
 class _Batch:
     """One ``apply`` call inside one write transaction: load, decide, then write."""
 
@@ -335,76 +462,103 @@ class _Batch:
         self.novel_id = novel_id
         self.chapter = chapter
         self.rejected: list[Rejection] = []
+        self.writes = _Writes()
         self.entity_seq = 0
+        self.loaded_seq = 0
         self.entities: dict[str, _EntityState] = {}
         self.aliases: dict[tuple[str, str], _ChildState] = {}
         self.fixed: dict[tuple[str, str], _ChildState] = {}
         self.loaded_entities: dict[str, _EntityState] = {}
         self.loaded_aliases: dict[tuple[str, str], _ChildState] = {}
         self.loaded_fixed: dict[tuple[str, str], _ChildState] = {}
+        self.stored_facts: list[_StoredFact] = []
+        self.setup_versions: dict[tuple[str, int], _SetupState] = {}
 
     def reject(self, change: str, reason: str) -> None:
         self.rejected.append(Rejection(change=change, reason=reason))
 
     async def run(self, changes: WorldChanges) -> ApplyResult:
-        self.entity_seq = await _lock_novel(self.tx, self.novel_id, create=True) or 0
-        await self._load_entities(_referenced_keys(changes))
+        setup_keys = {s.key.strip() for s in changes.setups} | {k.strip() for k in changes.paid_off}
+        setup_keys.discard("")
+        await self._load(_referenced_keys(changes), setup_keys)
         pending: list[FactSpec] = []
         for spec in changes.entities:
             pending.extend(self._merge_entity(spec))
-        await self._flush_entities()
+        self._flush_entities()
         pending.extend(changes.facts)
-        await self._apply_facts(pending, changes.ended)
-        await self._apply_setups(changes.setups, changes.paid_off)
+        self._apply_facts(pending, changes.ended)
+        self._apply_setups(changes.setups, changes.paid_off)
+        await self._write()
         return ApplyResult(rejected=tuple(self.rejected))
 
-    # --- entities -------------------------------------------------------------------
-
-    async def _load_entities(self, keys: Collection[str]) -> None:
-        if not keys:
-            return
-        rows = await _rows(
+    async def _load(self, keys: Collection[str], setup_keys: Collection[str]) -> None:
+        """Lock the novel and load the entities, open facts and set-ups the batch names."""
+        row = await _single(
             self.tx,
-            "UNWIND $keys AS key MATCH (e:Entity {novel_id: $novel, key: key})"
-            " RETURN elementId(e) AS id, e.key AS key, e.kind AS kind, e.name AS name,"
-            " e.description AS description, e.description_chapter AS description_chapter,"
-            " e.introduced_chapter AS introduced_chapter, e.retracted AS retracted,"
-            " e.seq AS seq, e.aliases AS aliases, e.alias_norms AS alias_norms,"
-            " e.alias_chapters AS alias_chapters, e.alias_retracted AS alias_retracted,"
-            " [(e)-[:HAS_FIXED_ATTRIBUTE]->(x:FixedAttribute) | {id: elementId(x),"
-            "  name: x.name, value: x.value, recorded: x.recorded_chapter,"
-            "  retracted: x.retracted}] AS fixed",
+            _LOAD_BATCH,
             novel=self.novel_id,
+            chapter=self.chapter,
             keys=sorted(keys),
+            setup_keys=sorted(setup_keys),
         )
-        for row in rows:
-            key = row["key"]
+        self.entity_seq = self.loaded_seq = int(row["entity_seq"])
+        for (
+            entity_id,
+            key,
+            kind,
+            name,
+            description,
+            description_chapter,
+            introduced_chapter,
+            retracted,
+            seq,
+            aliases,
+            alias_norms,
+            alias_chapters,
+            alias_retracted,
+            fixed,
+        ) in row["entities"]:
             self.entities[key] = _EntityState(
                 key=key,
-                kind=row["kind"],
-                name=row["name"],
-                description=row["description"],
-                description_chapter=row["description_chapter"],
-                introduced_chapter=row["introduced_chapter"],
-                retracted=row["retracted"],
-                seq=row["seq"],
-                id=row["id"],
+                kind=kind,
+                name=name,
+                description=description,
+                description_chapter=description_chapter,
+                introduced_chapter=introduced_chapter,
+                retracted=retracted,
+                seq=seq,
+                id=entity_id,
             )
-            for text, norm, recorded, retracted in zip(
-                row["aliases"],
-                row["alias_norms"],
-                row["alias_chapters"],
-                row["alias_retracted"],
-                strict=True,
+            for text, norm, recorded, gone in zip(
+                aliases, alias_norms, alias_chapters, alias_retracted, strict=True
             ):
-                self.aliases[(key, norm)] = _ChildState(text, recorded, retracted)
-            for f in row["fixed"]:
-                self.fixed[(key, f["name"])] = _ChildState(
-                    f["value"], f["recorded"], f["retracted"], f["id"]
-                )
+                self.aliases[(key, norm)] = _ChildState(text, recorded, gone)
+            for fixed_id, attribute, value, recorded, gone in fixed:
+                self.fixed[(key, attribute)] = _ChildState(value, recorded, gone, fixed_id)
         self.loaded_entities = dict(self.entities)
         self.loaded_aliases = dict(self.aliases)
         self.loaded_fixed = dict(self.fixed)
+        self.stored_facts = _stored_facts(row["relations"], row["attributes"])
+        for item in row["setups"]:
+            version = _setup_state(item)
+            self.setup_versions[(version.key, version.recorded_chapter)] = version
+
+    async def _write(self) -> None:
+        if any(self.writes.lists.values()) or self.entity_seq != self.loaded_seq:
+            await _execute(
+                self.tx,
+                _WRITE_BATCH,
+                novel=self.novel_id,
+                chapter=self.chapter,
+                entity_seq=self.entity_seq,
+                **self.writes.lists,
+            )
+        for rel_type, rows in sorted(self.writes.relations.items()):
+            await _execute(
+                self.tx, _create_relations_query(rel_type), novel=self.novel_id, rows=rows
+            )
+
+    # --- entities -------------------------------------------------------------------
 
     def _merge_entity(self, spec: EntitySpec) -> list[FactSpec]:
         """Upsert one entity in memory; returns its mutable attributes as facts."""
@@ -487,82 +641,41 @@ class _Batch:
         elif normalise(current.text) != normalise(value):
             self.reject(label, f"{key}.{attribute} is fixed as {current.text!r}")
 
-    def _aliases_of(self, key: str) -> list[tuple[str, _ChildState]]:
+    def _flush_entities(self) -> None:
+        lists = self.writes.lists
         # Dict order is stored order then merge order, so revived aliases keep their place.
-        return [(norm, state) for (k, norm), state in self.aliases.items() if k == key]
-
-    async def _flush_entities(self) -> None:
-        new: list[dict[str, Any]] = []
-        changed: list[dict[str, Any]] = []
-        touched_aliases = {k for k, s in self.aliases.items() if s != self.loaded_aliases.get(k)}
-        alias_keys = {key for key, _ in touched_aliases}
+        aliases: dict[str, list[tuple[str, _ChildState]]] = defaultdict(list)
+        alias_changed: set[str] = set()
+        for (key, norm), alias in self.aliases.items():
+            aliases[key].append((norm, alias))
+            if alias != self.loaded_aliases.get((key, norm)):
+                alias_changed.add(key)
         for key, state in self.entities.items():
-            props = state.props(self._aliases_of(key))
+            props = state.props(aliases[key])
             if state.id is None:
                 self.entity_seq += 1
-                new.append({"key": key, "seq": self.entity_seq, "props": props})
-            elif state != self.loaded_entities.get(key) or key in alias_keys:
-                changed.append({"id": state.id, "props": props})
-        if new:
-            await _execute(
-                self.tx,
-                "UNWIND $rows AS row"
-                " CREATE (e:Entity {novel_id: $novel, key: row.key})"
-                " SET e += row.props, e.seq = row.seq WITH e, row" + _SET_KIND_LABEL,
-                novel=self.novel_id,
-                rows=new,
-            )
-            await _execute(
-                self.tx,
-                "MATCH (n:Novel {novel_id: $novel}) SET n.entity_seq = $seq",
-                novel=self.novel_id,
-                seq=self.entity_seq,
-            )
-        if changed:
-            await _execute(
-                self.tx,
-                "UNWIND $rows AS row MATCH (e:Entity) WHERE elementId(e) = row.id"
-                " SET e += row.props WITH e, row" + _SET_KIND_LABEL,
-                rows=changed,
-            )
-        await self._flush_fixed()
-
-    async def _flush_fixed(self) -> None:
-        new = [
-            {"subject": key, "name": name, "value": s.text, "recorded": s.recorded_chapter}
-            for (key, name), s in self.fixed.items()
-            if s.id is None
-        ]
-        if new:
-            await _execute(
-                self.tx,
-                "UNWIND $rows AS row"
-                " MATCH (e:Entity {novel_id: $novel, key: row.subject})"
-                " CREATE (e)-[:HAS_FIXED_ATTRIBUTE]->(x:FixedAttribute"
-                "  {novel_id: $novel, subject: row.subject, name: row.name})"
-                " SET x.value = row.value, x.recorded_chapter = row.recorded,"
-                "  x.retracted = false",
-                novel=self.novel_id,
-                rows=new,
-            )
-        changed = [
-            {
-                "id": s.id,
-                "value": s.text,
-                "recorded": s.recorded_chapter,
-                "retracted": s.retracted,
-            }
-            for k, s in self.fixed.items()
-            if s.id is not None and s != self.loaded_fixed[k]
-        ]
-        if changed:
-            await _execute(
-                self.tx,
-                "UNWIND $rows AS row MATCH (x:FixedAttribute) WHERE elementId(x) = row.id"
-                " SET x.value = row.value, x.recorded_chapter = row.recorded,"
-                "  x.retracted = row.retracted",
-                rows=changed,
-            )
+                lists["new_entities"].append({"key": key, "seq": self.entity_seq, "props": props})
+            elif state != self.loaded_entities.get(key) or key in alias_changed:
+                lists["changed_entities"].append({"id": state.id, "props": props})
+        for (key, attribute), s in self.fixed.items():
+            if s.id is None:
+                lists["new_fixed"].append(
+                    {
+                        "subject": key,
+                        "name": attribute,
+                        "value": s.text,
+                        "recorded": s.recorded_chapter,
+                    }
+                )
+            elif s != self.loaded_fixed[(key, attribute)]:
+                lists["changed_fixed"].append(
+                    {
+                        "id": s.id,
+                        "value": s.text,
+                        "recorded": s.recorded_chapter,
+                        "retracted": s.retracted,
+                    }
+                )
 
     # --- facts ----------------------------------------------------------------------
 
@@ -619,44 +732,30 @@ class _Batch:
             valid.append(FactEnd(subject, predicate, obj))
         return valid
 
-    async def _load_facts(
-        self, subjects: Collection[str]
-    ) -> dict[tuple[str, str], list[_FactState]]:
-        """Visible facts of these subjects that are valid at or after the batch chapter."""
+    def _facts_of(self, subjects: Collection[str]) -> dict[tuple[str, str], list[_FactState]]:
+        """Loaded facts of these subjects (visible, valid at or after the batch chapter)."""
         found: dict[tuple[str, str], list[_FactState]] = defaultdict(list)
-        if not subjects:
-            return found
-        still_open: LiteralString = (
-            " AND NOT f.retracted AND (f.valid_to_chapter IS NULL OR f.valid_to_chapter > $chapter)"
-        )
-        rows = await _select_facts(
-            self.tx,
-            "s.key IN $subjects" + still_open,
-            "f.subject IN $subjects" + still_open,
-            novel=self.novel_id,
-            chapter=self.chapter,
-            subjects=sorted(subjects),
-        )
-        for r in rows:
-            found[(r["subject"], r["predicate"])].append(
-                _FactState(
-                    r["subject"],
-                    r["predicate"],
-                    r["value"],
-                    r["object"],
-                    r["valid_from"],
-                    r["valid_to"],
-                    r["closed_by"],
-                    r["id"],
+        for f in self.stored_facts:
+            if f.subject in subjects:
+                found[(f.subject, f.predicate)].append(
+                    _FactState(
+                        f.subject,
+                        f.predicate,
+                        f.value,
+                        f.object,
+                        f.valid_from,
+                        f.valid_to,
+                        f.closed_by,
+                        f.id,
+                    )
                 )
-            )
         return found
 
-    async def _apply_facts(self, pending: Sequence[FactSpec], ended: Sequence[FactEnd]) -> None:
+    def _apply_facts(self, pending: Sequence[FactSpec], ended: Sequence[FactEnd]) -> None:
         asserted = self._validate_facts(pending)
         ends = self._validate_ends(ended)
         subjects = {f.subject for f in asserted} | {e.subject for e in ends}
-        stored = await self._load_facts(subjects)
+        stored = self._facts_of(subjects)
         c = self.chapter
         # Element id of each stored fact to close -> whether it is a relationship.
         closing: dict[str, bool] = {}
@@ -702,70 +801,36 @@ class _Batch:
             bucket.append(fact)
             new.append(fact)
 
-        await self._flush_facts(closing, new)
+        self._flush_facts(closing, new)
 
-    async def _flush_facts(self, closing: dict[str, bool], new: Sequence[_FactState]) -> None:
-        c = self.chapter
-        relation_ids = [fact_id for fact_id, is_relation in closing.items() if is_relation]
-        attribute_ids = [fact_id for fact_id, is_relation in closing.items() if not is_relation]
-        if relation_ids:
-            await _execute(
-                self.tx,
-                "UNWIND $ids AS id MATCH ()-[f]->() WHERE elementId(f) = id"
-                " SET f.valid_to_chapter = $chapter, f.closed_by_chapter = $chapter",
-                ids=relation_ids,
-                chapter=c,
-            )
-        if attribute_ids:
-            await _execute(
-                self.tx,
-                "UNWIND $ids AS id MATCH (f:Attribute) WHERE elementId(f) = id"
-                " SET f.valid_to_chapter = $chapter, f.closed_by_chapter = $chapter",
-                ids=attribute_ids,
-                chapter=c,
-            )
+    def _flush_facts(self, closing: dict[str, bool], new: Sequence[_FactState]) -> None:
+        lists = self.writes.lists
+        for fact_id, is_relation in closing.items():
+            lists["closed_relations" if is_relation else "closed_attributes"].append(fact_id)
         now = datetime.now(UTC)
-        relations: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        attributes: list[dict[str, Any]] = []
         for f in new:
-            props = {
+            props: dict[str, Any] = {
                 "novel_id": self.novel_id,
                 "valid_from_chapter": f.valid_from,
                 "valid_to_chapter": f.valid_to,
-                "source_chapter": c,
+                "source_chapter": self.chapter,
                 "closed_by_chapter": f.closed_by,
                 "retracted": False,
                 "created_at": now,
             }
             if f.object is not None:
                 props["predicate"] = f.predicate
-                relations[relationship_type(f.predicate)].append(
+                self.writes.relations[relationship_type(f.predicate)].append(
                     {"subject": f.subject, "object": f.object, "props": props}
                 )
             else:
                 props.update(subject=f.subject, name=f.predicate, value=f.value)
-                attributes.append({"subject": f.subject, "props": props})
-        for rel_type, rows in sorted(relations.items()):
-            await _execute(
-                self.tx, _create_relation_query(rel_type), novel=self.novel_id, rows=rows
-            )
-        if attributes:
-            await _execute(
-                self.tx,
-                "UNWIND $rows AS row MATCH (s:Entity {novel_id: $novel, key: row.subject})"
-                " CREATE (s)-[:HAS_ATTRIBUTE]->(f:Attribute) SET f += row.props",
-                novel=self.novel_id,
-                rows=attributes,
-            )
+                lists["new_attributes"].append({"props": props})
 
     # --- set-ups --------------------------------------------------------------------
 
-    async def _apply_setups(self, specs: Sequence[SetupSpec], paid_off: Sequence[str]) -> None:
-        keys = {s.key.strip() for s in specs} | {k.strip() for k in paid_off}
-        keys.discard("")
-        versions: dict[tuple[str, int], _SetupState] = {}
-        if keys:
-            await self._load_setups(keys, versions)
+    def _apply_setups(self, specs: Sequence[SetupSpec], paid_off: Sequence[str]) -> None:
+        versions = dict(self.setup_versions)
         loaded = dict(versions)
         c = self.chapter
 
@@ -819,273 +884,186 @@ class _Batch:
                 if slot[0] == key and not version.retracted and version.paid_off_chapter is None:
                     versions[slot] = replace(version, paid_off_chapter=c)
 
-        await self._flush_setups(versions, loaded)
-
-    async def _load_setups(
-        self, keys: Collection[str], versions: dict[tuple[str, int], _SetupState]
-    ) -> None:
-        rows = await _rows(
-            self.tx,
-            "MATCH (v:Setup {novel_id: $novel}) WHERE v.key IN $keys"
-            " RETURN elementId(v) AS id, v.key AS key, v.description AS description,"
-            " v.planted_chapter AS planted_chapter, v.due_chapter AS due_chapter,"
-            " v.entities AS entities, v.paid_off_chapter AS paid_off_chapter,"
-            " v.recorded_chapter AS recorded_chapter, v.retracted AS retracted",
-            novel=self.novel_id,
-            keys=sorted(keys),
-        )
-        for r in rows:
-            versions[(r["key"], r["recorded_chapter"])] = _SetupState(
-                key=r["key"],
-                description=r["description"],
-                planted_chapter=r["planted_chapter"],
-                due_chapter=r["due_chapter"],
-                entities=tuple(r["entities"]),
-                paid_off_chapter=r["paid_off_chapter"],
-                recorded_chapter=r["recorded_chapter"],
-                retracted=r["retracted"],
-                id=r["id"],
+        lists = self.writes.lists
+        for slot, v in versions.items():
+            row = {"key": v.key, "recorded": v.recorded_chapter, "props": v.props()}
+            if v.id is None:
+                lists["new_setups"].append(row)
+            elif v != loaded[slot]:
+                lists["changed_setups"].append({**row, "id": v.id})
+            else:
+                continue
+            lists["linked_setups"].append(
+                {"key": v.key, "recorded": v.recorded_chapter, "entities": list(v.entities)}
             )
 
-    async def _flush_setups(
-        self,
-        versions: dict[tuple[str, int], _SetupState],
-        loaded: dict[tuple[str, int], _SetupState],
-    ) -> None:
-        new: list[dict[str, Any]] = [
-            {"key": v.key, "recorded": v.recorded_chapter, "props": v.props()}
-            for v in versions.values()
-            if v.id is None
-        ]
-        if new:
-            await _execute(
-                self.tx,
-                "UNWIND $rows AS row"
-                " CREATE (v:Setup {novel_id: $novel, key: row.key,"
-                "  recorded_chapter: row.recorded})"
-                " SET v += row.props",
-                novel=self.novel_id,
-                rows=new,
-            )
-        changed: list[dict[str, Any]] = [
-            {"key": v.key, "recorded": v.recorded_chapter, "id": v.id, "props": v.props()}
-            for k, v in versions.items()
-            if v.id is not None and v != loaded[k]
-        ]
-        if changed:
-            await _execute(
-                self.tx,
-                "UNWIND $rows AS row MATCH (v:Setup) WHERE elementId(v) = row.id"
-                " SET v += row.props",
-                rows=changed,
-            )
-        relinked = [
-            {"key": row["key"], "recorded": row["recorded"], "entities": row["props"]["entities"]}
-            for row in (*new, *changed)
-        ]
-        if relinked:
-            # Links are for people browsing the graph; ``entities`` stays the record.
-            await _execute(
-                self.tx,
-                "UNWIND $rows AS row"
-                " MATCH (v:Setup {novel_id: $novel, key: row.key,"
-                "  recorded_chapter: row.recorded})"
-                " OPTIONAL MATCH (v)-[old:CONCERNS]->() DELETE old"
-                " WITH DISTINCT v, row UNWIND row.entities AS entity_key"
-                " MATCH (e:Entity {novel_id: $novel, key: entity_key})"
-                " MERGE (v)-[:CONCERNS]->(e)",
-                novel=self.novel_id,
-                rows=relinked,
-            )
+
+def _setup_state(item: Sequence[Any]) -> _SetupState:
+    """A set-up version from ``[elementId, _SETUP_COLUMNS...]``."""
+    (
+        setup_id,
+        key,
+        description,
+        planted,
+        due,
+        entities,
+        paid_off,
+        recorded,
+        retracted,
+    ) = item
+    return _SetupState(
+        key=key,
+        description=description,
+        planted_chapter=planted,
+        due_chapter=due,
+        entities=tuple(entities),
+        paid_off_chapter=paid_off,
+        recorded_chapter=recorded,
+        retracted=retracted,
+        id=setup_id,
+    )
 
 
 # --- reads ----------------------------------------------------------------------------
 
 
-async def _read_entities(
-    tx: AsyncManagedTransaction,
-    novel_id: str,
-    chapter: int | None,
-    keys: Iterable[str] | None = None,
-) -> dict[str, Entity]:
-    """Visible entities (introduced by ``chapter`` unless it is ``None``), keyed by key.
+def _entities_from(items: Iterable[Sequence[Any]], chapter: int | None) -> dict[str, Entity]:
+    """Entities from ``_ENTITY_ITEM`` lists, as known at ``chapter`` (``None``: now).
 
     Aliases, fixed attributes and a later-filled description recorded after ``chapter``
-    are left out, so a snapshot shows what was known at that chapter.
+    are left out (the fragment already dropped such fixed attributes).
     """
-    visible: LiteralString = (
-        " WHERE NOT e.retracted AND ($chapter IS NULL OR e.introduced_chapter <= $chapter)"
-    )
-    if keys is None:
-        rows = await _rows(
-            tx,
-            "MATCH (e:Entity {novel_id: $novel})" + visible + _ENTITY_COLUMNS,
-            novel=novel_id,
-            chapter=chapter,
-        )
-    else:
-        key_list = sorted(set(keys))
-        if not key_list:
-            return {}
-        rows = await _rows(
-            tx,
-            "UNWIND $keys AS key MATCH (e:Entity {novel_id: $novel, key: key})"
-            + visible
-            + _ENTITY_COLUMNS,
-            novel=novel_id,
-            chapter=chapter,
-            keys=key_list,
-        )
     found: dict[str, Entity] = {}
-    for r in rows:
-        shown = r["description_chapter"] is not None and (
-            chapter is None or r["description_chapter"] <= chapter
+    for (
+        key,
+        kind,
+        name,
+        name_norm,
+        description,
+        description_chapter,
+        introduced_chapter,
+        aliases,
+        alias_norms,
+        alias_chapters,
+        alias_retracted,
+        fixed,
+    ) in items:
+        shown = description_chapter is not None and (
+            chapter is None or description_chapter <= chapter
         )
-        aliases = tuple(
-            text
-            for text, norm, recorded, retracted in zip(
-                r["aliases"],
-                r["alias_norms"],
-                r["alias_chapters"],
-                r["alias_retracted"],
-                strict=True,
-            )
-            if not retracted and (chapter is None or recorded <= chapter) and norm != r["name_norm"]
-        )
-        found[r["key"]] = Entity(
-            key=r["key"],
-            kind=cast(EntityKind, r["kind"]),
-            name=r["name"],
-            aliases=aliases,
-            description=r["description"] if shown else "",
-            fixed=dict(sorted((name, value) for name, value in r["fixed"])),
-            introduced_chapter=r["introduced_chapter"],
+        found[key] = Entity(
+            key=key,
+            kind=cast(EntityKind, kind),
+            name=name,
+            aliases=tuple(
+                text
+                for text, norm, recorded, gone in zip(
+                    aliases, alias_norms, alias_chapters, alias_retracted, strict=True
+                )
+                if not gone and (chapter is None or recorded <= chapter) and norm != name_norm
+            ),
+            description=description if shown else "",
+            fixed=dict(sorted((attribute, value) for attribute, value in fixed)),
+            introduced_chapter=introduced_chapter,
         )
     return found
 
 
-def _fact_from_row(row: Record) -> Fact:
-    return Fact(
-        subject=row["subject"],
-        predicate=row["predicate"],
-        value=row["value"],
-        object=row["object"],
-        valid_from_chapter=row["valid_from"],
-        valid_to_chapter=row["valid_to"],
-        source_chapter=row["source"],
-    )
-
-
-async def _read_setups(tx: AsyncManagedTransaction, novel_id: str, chapter: int) -> list[Setup]:
-    """The latest visible version of every set-up recorded by ``chapter``, by key."""
-    rows = await _rows(
-        tx,
-        "MATCH (v:Setup {novel_id: $novel})"
-        " WHERE NOT v.retracted AND v.recorded_chapter <= $chapter"
-        " RETURN v.key AS key, v.description AS description,"
-        " v.planted_chapter AS planted_chapter, v.due_chapter AS due_chapter,"
-        " v.paid_off_chapter AS paid_off_chapter, v.recorded_chapter AS recorded_chapter,"
-        " v.entities AS entities",
-        novel=novel_id,
-        chapter=chapter,
-    )
+def _setups_from(items: Iterable[Sequence[Any]], chapter: int) -> list[Setup]:
+    """The latest version of every set-up among ``items``, by key."""
     latest: dict[str, Setup] = {}
-    for r in sorted(rows, key=lambda r: (r["key"], r["recorded_chapter"])):
-        paid = r["paid_off_chapter"]
-        latest[r["key"]] = Setup(
-            key=r["key"],
-            description=r["description"],
-            planted_chapter=r["planted_chapter"],
-            due_chapter=r["due_chapter"],
+    for v in sorted((_setup_state(i) for i in items), key=lambda v: (v.key, v.recorded_chapter)):
+        paid = v.paid_off_chapter
+        latest[v.key] = Setup(
+            key=v.key,
+            description=v.description,
+            planted_chapter=v.planted_chapter,
+            due_chapter=v.due_chapter,
             paid_off_chapter=paid if paid is not None and paid <= chapter else None,
-            entities=tuple(r["entities"]),
+            entities=v.entities,
         )
     return [latest[key] for key in sorted(latest)]
 
 
 async def _world_as_of(tx: AsyncManagedTransaction, novel_id: str, chapter: int) -> WorldSnapshot:
-    entities = await _read_entities(tx, novel_id, chapter)
-    facts = [
-        _fact_from_row(r)
-        for r in await _select_facts(tx, _VALID_AT, _VALID_AT, novel=novel_id, chapter=chapter)
-    ]
-    setups = await _read_setups(tx, novel_id, chapter)
-    return _snapshot(chapter, entities, facts, setups)
+    row = await _single(tx, _WORLD_AS_OF, novel=novel_id, chapter=chapter)
+    return _snapshot(
+        chapter,
+        _entities_from(row["entities"], chapter),
+        [f.fact() for f in _stored_facts(row["relations"], row["attributes"])],
+        _setups_from(row["setups"], chapter),
+    )
 
 
 async def _neighbourhood(
     tx: AsyncManagedTransaction, novel_id: str, key: str, chapter: int
 ) -> WorldSnapshot:
-    relations = [
-        _fact_from_row(r)
-        for r in await _rows(
-            tx,
-            "MATCH (:Entity {novel_id: $novel, key: $key})-[f]-(:Entity) WHERE "
-            + _VALID_AT
-            + " WITH DISTINCT f"
-            " RETURN elementId(f) AS id, startNode(f).key AS subject,"
-            " f.predicate AS predicate, null AS value, endNode(f).key AS object,"
-            " f.valid_from_chapter AS valid_from, f.valid_to_chapter AS valid_to,"
-            " f.source_chapter AS source, f.closed_by_chapter AS closed_by",
-            novel=novel_id,
-            key=key,
-            chapter=chapter,
-        )
-    ]
+    touching = await _single(
+        tx,
+        "MATCH (:Entity {novel_id: $novel, key: $key})-[f]-(:Entity) WHERE "
+        + _VALID_AT
+        + " WITH DISTINCT f RETURN collect("
+        + _RELATION_ITEM
+        + ") AS relations",
+        novel=novel_id,
+        key=key,
+        chapter=chapter,
+    )
+    relations = [f.fact() for f in _stored_facts(touching["relations"])]
     keys = {key} | {f.subject for f in relations} | {f.object or key for f in relations}
-    entities = await _read_entities(tx, novel_id, chapter, keys)
+    row = await _single(
+        tx,
+        _ENTITIES_BY_KEY + " CALL { UNWIND $keys AS subject"
+        " MATCH (f:Attribute {novel_id: $novel, subject: subject}) WHERE "
+        + _VALID_AT
+        + " RETURN collect("
+        + _ATTRIBUTE_ITEM
+        + ") AS attributes }"
+        + _SETUPS_BY_CHAPTER
+        + " RETURN entities, attributes, setups",
+        novel=novel_id,
+        keys=sorted(keys),
+        chapter=chapter,
+    )
+    entities = _entities_from(row["entities"], chapter)
     if key not in entities:
         return WorldSnapshot(chapter=chapter, entities=(), facts=(), setups=())
-    attributes = [
-        _fact_from_row(r)
-        for r in await _rows(
-            tx,
-            "UNWIND $subjects AS subject"
-            " MATCH (f:Attribute {novel_id: $novel, subject: subject}) WHERE "
-            + _VALID_AT
-            + _ATTRIBUTE_COLUMNS,
-            novel=novel_id,
-            chapter=chapter,
-            subjects=sorted(entities),
-        )
-    ]
-    setups = [s for s in await _read_setups(tx, novel_id, chapter) if key in s.entities]
+    # Attributes of a hidden end are dropped by _snapshot, as the SQL backend never reads them.
+    attributes = [f.fact() for f in _stored_facts(row["attributes"])]
+    setups = [s for s in _setups_from(row["setups"], chapter) if key in s.entities]
     return _snapshot(chapter, entities, [*relations, *attributes], setups)
 
 
 async def _lookup(tx: AsyncManagedTransaction, novel_id: str, name: str) -> Entity | None:
     wanted = name.strip()
     norm = normalise(name)
-    candidates = await _rows(
+    row = await _single(
         tx,
-        "MATCH (e:Entity {novel_id: $novel})"
+        "CALL { MATCH (e:Entity {novel_id: $novel})"
         " WHERE NOT e.retracted"
         " AND (e.key = $wanted OR e.key_norm = $norm OR e.name_norm = $norm)"
-        " RETURN e.key AS key, e.key_norm AS key_norm, e.seq AS seq",
+        " RETURN collect([e.key, e.key_norm, e.seq]) AS named }"
+        " CALL { MATCH (e:Entity {novel_id: $novel})"
+        " WHERE NOT e.retracted AND any(i IN range(0, size(e.alias_norms) - 1)"
+        "  WHERE e.alias_norms[i] = $norm AND NOT e.alias_retracted[i])"
+        " RETURN collect([e.key, e.seq]) AS aliased }"
+        " RETURN named, aliased",
         novel=novel_id,
         wanted=wanted,
         norm=norm,
     )
-    ranked = sorted(
-        candidates,
-        key=lambda r: (0 if r["key"] == wanted else 1 if r["key_norm"] == norm else 2, r["seq"]),
+    named = sorted(
+        row["named"],
+        key=lambda n: (0 if n[0] == wanted else 1 if n[1] == norm else 2, n[2]),
     )
-    key: str | None = ranked[0]["key"] if ranked else None
-    if key is None:
-        by_alias = await _rows(
-            tx,
-            "MATCH (e:Entity {novel_id: $novel})"
-            " WHERE NOT e.retracted AND any(i IN range(0, size(e.alias_norms) - 1)"
-            "  WHERE e.alias_norms[i] = $norm AND NOT e.alias_retracted[i])"
-            " RETURN e.key AS key ORDER BY e.seq LIMIT 1",
-            novel=novel_id,
-            norm=norm,
-        )
-        key = by_alias[0]["key"] if by_alias else None
+    aliased = sorted(row["aliased"], key=lambda a: a[1])
+    key: str | None = named[0][0] if named else aliased[0][0] if aliased else None
     if key is None:
         return None
-    found = await _read_entities(tx, novel_id, None, [key])
-    return found.get(key)
+    found = await _single(
+        tx, _ENTITIES_BY_KEY + " RETURN entities", novel=novel_id, keys=[key], chapter=None
+    )
+    return _entities_from(found["entities"], None).get(key)
 
 
 async def _reopen_facts_closed_by(tx: AsyncManagedTransaction, novel_id: str, c: int) -> None:
@@ -1098,110 +1076,91 @@ async def _reopen_facts_closed_by(tx: AsyncManagedTransaction, novel_id: str, c:
     closed_by_c: LiteralString = (
         "f.closed_by_chapter = $chapter AND f.source_chapter <> $chapter AND NOT f.retracted"
     )
-    closed = await _select_facts(tx, closed_by_c, closed_by_c, novel=novel_id, chapter=c)
-    if not closed:
-        return
     recorded_at_c: LiteralString = (
         "f.source_chapter = $chapter AND NOT f.retracted"
         " AND (f.closed_by_chapter IS NULL OR f.closed_by_chapter <> $chapter)"
     )
+    row = await _single(
+        tx,
+        _facts_fragment(closed_by_c, closed_by_c)
+        + " WITH relations + attributes AS closed"
+        + _facts_fragment(recorded_at_c, recorded_at_c)
+        + " RETURN closed, relations + attributes AS recorded",
+        novel=novel_id,
+        chapter=c,
+    )
+    closed = _stored_facts(row["closed"])
+    if not closed:
+        return
     successors: dict[Slot, tuple[int | None, int | None]] = {}
-    for r in await _select_facts(tx, recorded_at_c, recorded_at_c, novel=novel_id, chapter=c):
-        slot = _slot(r["subject"], r["predicate"], r["value"], r["object"])
-        successors[slot] = (r["valid_to"], r["closed_by"])
+    for r in _stored_facts(row["recorded"]):
+        successors[_slot(r.subject, r.predicate, r.value, r.object)] = (r.valid_to, r.closed_by)
     relations: list[dict[str, Any]] = []
     attributes: list[dict[str, Any]] = []
     for fact in closed:
-        slot = _slot(fact["subject"], fact["predicate"], fact["value"], fact["object"])
-        valid_to, closed_by = successors.get(slot, (None, None))
-        row = {"id": fact["id"], "to": valid_to, "by": closed_by}
-        (relations if fact["object"] is not None else attributes).append(row)
-    if relations:
-        await _execute(
-            tx,
-            "UNWIND $rows AS row MATCH ()-[f]->() WHERE elementId(f) = row.id"
-            " SET f.valid_to_chapter = row.to, f.closed_by_chapter = row.by",
-            rows=relations,
+        valid_to, closed_by = successors.get(
+            _slot(fact.subject, fact.predicate, fact.value, fact.object), (None, None)
         )
-    if attributes:
-        await _execute(
-            tx,
-            "UNWIND $rows AS row MATCH (f:Attribute) WHERE elementId(f) = row.id"
-            " SET f.valid_to_chapter = row.to, f.closed_by_chapter = row.by",
-            rows=attributes,
-        )
+        update = {"id": fact.id, "to": valid_to, "by": closed_by}
+        (relations if fact.object is not None else attributes).append(update)
+    await _execute(
+        tx,
+        "CALL { UNWIND $relations AS row MATCH ()-[f]->() WHERE elementId(f) = row.id"
+        " SET f.valid_to_chapter = row.to, f.closed_by_chapter = row.by }"
+        " CALL { UNWIND $attributes AS row MATCH (f:Attribute) WHERE elementId(f) = row.id"
+        " SET f.valid_to_chapter = row.to, f.closed_by_chapter = row.by }",
+        relations=relations,
+        attributes=attributes,
+    )
+
+
+_LOCK_EXISTING_NOVEL: LiteralString = (
+    "MATCH (n:Novel {novel_id: $novel}) SET n.entity_seq = n.entity_seq RETURN n.novel_id"
+)
+
+_RETRACT: LiteralString = (
+    "CALL { MATCH (:Entity {novel_id: $novel})-[f]->(:Entity)"
+    " WHERE f.source_chapter = $chapter AND NOT f.retracted SET f.retracted = true }"
+    " CALL { MATCH (f:Attribute {novel_id: $novel})"
+    " WHERE f.source_chapter = $chapter AND NOT f.retracted SET f.retracted = true }"
+    " CALL { MATCH (e:Entity {novel_id: $novel})"
+    " WHERE e.introduced_chapter = $chapter AND NOT e.retracted SET e.retracted = true }"
+    # Descriptions only ever fill an empty one, so undoing means emptying it again.
+    " CALL { MATCH (e:Entity {novel_id: $novel})"
+    " WHERE e.description_chapter = $chapter AND e.introduced_chapter <> $chapter"
+    " SET e.description = '', e.description_chapter = null }"
+    " CALL { MATCH (e:Entity {novel_id: $novel}) WHERE $chapter IN e.alias_chapters"
+    " SET e.alias_retracted = [i IN range(0, size(e.alias_chapters) - 1)"
+    "  | e.alias_retracted[i] OR e.alias_chapters[i] = $chapter] }"
+    " CALL { MATCH (x:FixedAttribute {novel_id: $novel})"
+    " WHERE x.recorded_chapter = $chapter AND NOT x.retracted SET x.retracted = true }"
+    " CALL { MATCH (v:Setup {novel_id: $novel})"
+    " WHERE v.recorded_chapter = $chapter AND NOT v.retracted SET v.retracted = true }"
+    " CALL { MATCH (v:Setup {novel_id: $novel}) WHERE v.paid_off_chapter = $chapter"
+    " SET v.paid_off_chapter = null }"
+)
 
 
 async def _retract(tx: AsyncManagedTransaction, novel_id: str, c: int) -> None:
-    if await _lock_novel(tx, novel_id, create=False) is None:
+    if await _single(tx, _LOCK_EXISTING_NOVEL, novel=novel_id) is None:
         return  # nothing was ever recorded for this novel
     await _reopen_facts_closed_by(tx, novel_id, c)
-    params = {"novel": novel_id, "chapter": c}
-    await _execute(
-        tx,
-        "MATCH (:Entity {novel_id: $novel})-[f]->(:Entity)"
-        " WHERE f.source_chapter = $chapter AND NOT f.retracted SET f.retracted = true",
-        **params,
-    )
-    await _execute(
-        tx,
-        "MATCH (f:Attribute {novel_id: $novel})"
-        " WHERE f.source_chapter = $chapter AND NOT f.retracted SET f.retracted = true",
-        **params,
-    )
-    await _execute(
-        tx,
-        "MATCH (e:Entity {novel_id: $novel})"
-        " WHERE e.introduced_chapter = $chapter AND NOT e.retracted SET e.retracted = true",
-        **params,
-    )
-    # Descriptions only ever fill an empty one, so undoing means emptying it again.
-    await _execute(
-        tx,
-        "MATCH (e:Entity {novel_id: $novel})"
-        " WHERE e.description_chapter = $chapter AND e.introduced_chapter <> $chapter"
-        " SET e.description = '', e.description_chapter = null",
-        **params,
-    )
-    await _execute(
-        tx,
-        "MATCH (e:Entity {novel_id: $novel}) WHERE $chapter IN e.alias_chapters"
-        " SET e.alias_retracted = [i IN range(0, size(e.alias_chapters) - 1)"
-        "  | e.alias_retracted[i] OR e.alias_chapters[i] = $chapter]",
-        **params,
-    )
-    await _execute(
-        tx,
-        "MATCH (x:FixedAttribute {novel_id: $novel})"
-        " WHERE x.recorded_chapter = $chapter AND NOT x.retracted SET x.retracted = true",
-        **params,
-    )
-    await _execute(
-        tx,
-        "MATCH (v:Setup {novel_id: $novel})"
-        " WHERE v.recorded_chapter = $chapter AND NOT v.retracted SET v.retracted = true",
-        **params,
-    )
-    await _execute(
-        tx,
-        "MATCH (v:Setup {novel_id: $novel}) WHERE v.paid_off_chapter = $chapter"
-        " SET v.paid_off_chapter = null",
-        **params,
-    )
+    await _execute(tx, _RETRACT, novel=novel_id, chapter=c)
+
+
+# Entities first: DETACH takes their facts, attribute links and set-up links along.
+_DROP: LiteralString = (
+    "CALL { MATCH (e:Entity {novel_id: $novel}) DETACH DELETE e }"
+    " CALL { MATCH (a:Attribute {novel_id: $novel}) DETACH DELETE a }"
+    " CALL { MATCH (x:FixedAttribute {novel_id: $novel}) DETACH DELETE x }"
+    " CALL { MATCH (v:Setup {novel_id: $novel}) DETACH DELETE v }"
+    " CALL { MATCH (n:Novel {novel_id: $novel}) DETACH DELETE n }"
+)
 
 
 async def _drop(tx: AsyncManagedTransaction, novel_id: str) -> None:
-    await _lock_novel(tx, novel_id, create=False)
-    # Entities first: DETACH takes their facts, attributes' links and set-up links along.
-    queries: tuple[LiteralString, ...] = (
-        "MATCH (e:Entity {novel_id: $novel}) DETACH DELETE e",
-        "MATCH (a:Attribute {novel_id: $novel}) DETACH DELETE a",
-        "MATCH (x:FixedAttribute {novel_id: $novel}) DETACH DELETE x",
-        "MATCH (v:Setup {novel_id: $novel}) DETACH DELETE v",
-        "MATCH (n:Novel {novel_id: $novel}) DETACH DELETE n",
-    )
-    for query in queries:
-        await _execute(tx, query, novel=novel_id)
+    await _single(tx, _LOCK_EXISTING_NOVEL, novel=novel_id)
+    await _execute(tx, _DROP, novel=novel_id)
 
 
 class Neo4jWorldMemory(WorldMemory):
@@ -1222,20 +1181,25 @@ class Neo4jWorldMemory(WorldMemory):
     def connect(
         cls, url: str, user: str = "neo4j", password: str | None = None, database: str = "neo4j"
     ) -> Neo4jWorldMemory:
-        """A memory with its own driver for ``url`` (no auth when ``password`` is None)."""
-        auth = (user, password) if password is not None else None
+        """A memory with its own driver for ``url`` (no auth without a ``password``)."""
+        auth = (user, password) if password else None
         try:
             driver = AsyncGraphDatabase.driver(url, auth=auth)
         except (DriverError, ValueError) as exc:
             raise StorageError(f"invalid Neo4j URL {url!r}: {exc}", url=url) from exc
         return cls(driver, database=database, owns_driver=True)
 
+    def _session(self) -> AsyncSession:
+        # Server notifications would only say that a property nobody has set yet (say,
+        # paid_off_chapter) is unknown; logging one per query costs time and means nothing.
+        return self._driver.session(database=self._database, notifications_min_severity="OFF")
+
     async def setup(self) -> None:
         """Create the constraints and indexes (idempotent) and wait until they are online."""
-        async with _storage_errors("create its schema"):
-            for statement in _SCHEMA:
-                await self._driver.execute_query(statement, database_=self._database)
-            await self._driver.execute_query("CALL db.awaitIndexes(120)", database_=self._database)
+        async with _storage_errors("create its schema"), self._session() as session:
+            for statement in (*_SCHEMA, "CALL db.awaitIndexes(120)"):
+                result = await session.run(statement)
+                await result.consume()
 
     async def apply(self, novel_id: str, chapter: int, changes: WorldChanges) -> ApplyResult:
         """Apply a batch atomically at ``chapter`` (see :meth:`WorldMemory.apply`)."""
@@ -1246,12 +1210,12 @@ class Neo4jWorldMemory(WorldMemory):
         async def work(tx: AsyncManagedTransaction) -> ApplyResult:
             return await _Batch(tx, novel_id, chapter).run(changes)
 
-        async with self._driver.session(database=self._database) as session:
+        async with self._session() as session:
             try:
                 return await session.execute_write(work)
             except ConstraintError:
-                # A concurrent first apply created the novel's node or an entity first; a
-                # second pass sees them and merges into them.
+                # A concurrent first apply created the novel's node first; a second pass
+                # waits for its lock and then sees what it wrote.
                 pass
             except (Neo4jError, DriverError) as exc:
                 raise StorageError(f"world memory could not apply changes: {exc}") from exc
@@ -1259,12 +1223,9 @@ class Neo4jWorldMemory(WorldMemory):
                 return await session.execute_write(work)
 
     async def world_as_of(self, novel_id: str, chapter: int) -> WorldSnapshot:
-        """Entities, valid facts and set-ups as they stand at ``chapter``."""
+        """Entities, valid facts and set-ups as they stand at ``chapter`` (one query)."""
         _check_novel(novel_id)
-        async with (
-            _storage_errors("read the world"),
-            self._driver.session(database=self._database) as session,
-        ):
+        async with _storage_errors("read the world"), self._session() as session:
             return await session.execute_read(_world_as_of, novel_id, chapter)
 
     async def lookup(self, novel_id: str, name: str) -> Entity | None:
@@ -1273,38 +1234,26 @@ class Neo4jWorldMemory(WorldMemory):
         _check_novel(novel_id)
         if not normalise(name):
             return None
-        async with (
-            _storage_errors("look up an entity"),
-            self._driver.session(database=self._database) as session,
-        ):
+        async with _storage_errors("look up an entity"), self._session() as session:
             return await session.execute_read(_lookup, novel_id, name)
 
     async def neighbourhood(self, novel_id: str, key: str, chapter: int) -> WorldSnapshot:
         """The entity, its relationships valid at ``chapter``, their other ends, the
         attributes of all of those, and set-ups naming the entity."""
         _check_novel(novel_id)
-        async with (
-            _storage_errors("read a neighbourhood"),
-            self._driver.session(database=self._database) as session,
-        ):
+        async with _storage_errors("read a neighbourhood"), self._session() as session:
             return await session.execute_read(_neighbourhood, novel_id, key.strip(), chapter)
 
     async def retract_chapter(self, novel_id: str, chapter: int) -> None:
         """Hide what ``chapter`` recorded, reopen what it closed, clear its pay-offs."""
         _check_novel(novel_id)
-        async with (
-            _storage_errors("retract a chapter"),
-            self._driver.session(database=self._database) as session,
-        ):
+        async with _storage_errors("retract a chapter"), self._session() as session:
             await session.execute_write(_retract, novel_id, chapter)
 
     async def drop_novel(self, novel_id: str) -> None:
         """Delete every node and relationship of the novel's world."""
         _check_novel(novel_id)
-        async with (
-            _storage_errors("drop a novel"),
-            self._driver.session(database=self._database) as session,
-        ):
+        async with _storage_errors("drop a novel"), self._session() as session:
             await session.execute_write(_drop, novel_id)
 
     async def close(self) -> None:

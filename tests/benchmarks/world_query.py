@@ -4,8 +4,9 @@
 
 Loads one synthetic world (500 entities, 5,000 facts spread over 50 chapters: attribute
 changes, moves, alliances and their ends, set-ups and pay-offs) into each backend, then
-reports the load time and the p50/p95 latency of ``world_as_of`` at several chapters, plus
-``neighbourhood`` and ``lookup``. Backends:
+reports the load time (which, on a fresh Neo4j, includes the JVM warming up) and the p50/p95
+latency of ``world_as_of`` at several chapters, plus ``neighbourhood`` and ``lookup``, each
+measured after untimed warm-up calls. Backends:
 
 * ``sql-sqlite``: a temporary SQLite file;
 * ``sql-postgres``: ``SCRIBE_TEST_POSTGRES_URL``, else a throwaway server from
@@ -29,6 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,9 +120,7 @@ def synthetic_world(entities: int, facts: int, chapters: int, seed: int = 7) -> 
         )
         paid = (f"setup-{chapter - 5}",) if chapter > 5 else ()
         batches.append(
-            WorldChanges(
-                facts=tuple(asserted), ended=tuple(ended), setups=setups, paid_off=paid
-            )
+            WorldChanges(facts=tuple(asserted), ended=tuple(ended), setups=setups, paid_off=paid)
         )
         total += len(asserted)
     return World(batches=tuple(batches), entities=entities, facts=total)
@@ -153,7 +153,7 @@ async def sql_postgres(workdir: Path) -> AsyncIterator[WorldMemory]:
     from server.settings import to_sqlalchemy_url
     from tests.services import postgres
 
-    server = postgres.start(workdir / "postgres")
+    server = postgres.start(workdir)
     url = postgres.create_database(server.url)
     engine = make_engine(to_sqlalchemy_url(url))
     memory = SqlWorldMemory(engine)
@@ -173,8 +173,11 @@ async def neo4j(workdir: Path) -> AsyncIterator[WorldMemory]:
     from memory.world.neo4j import Neo4jWorldMemory
     from tests.services import neo4j as neo4j_service
 
-    server = neo4j_service.start(workdir / "neo4j")
-    print(f"  (neo4j ready in {server.startup_seconds:.1f} s: {server.extra.get('source')})")
+    server = neo4j_service.start(workdir, java_options=neo4j_service.STEADY_JAVA_OPTIONS)
+    if server.started_here:
+        print(f"  (neo4j started in {server.startup_seconds:.1f} s, {server.extra['source']})")
+    else:
+        print(f"  (neo4j at {server.url})")
     memory = Neo4jWorldMemory.connect(
         server.url, server.extra.get("user", "neo4j"), server.extra.get("password")
     )
@@ -219,7 +222,9 @@ async def _timed(call: Callable[[], Awaitable[object]], calls: int) -> list[floa
     return times
 
 
-async def bench(name: str, opener: Opener, world: World, calls: int, workdir: Path) -> None:
+async def bench(
+    name: str, opener: Opener, world: World, calls: int, warmup: int, workdir: Path
+) -> None:
     """Load the world into one backend and time its reads."""
     print(f"{name}:")
     novel = str(uuid.uuid4())
@@ -238,22 +243,20 @@ async def bench(name: str, opener: Opener, world: World, calls: int, workdir: Pa
                 last = len(world.batches) - 1
                 for chapter in sorted({0, last // 5, last // 2, last}):
                     snapshot = await memory.world_as_of(novel, chapter)
-                    # One untimed call above warms caches and query plans.
-                    times = await _timed(lambda c=chapter: memory.world_as_of(novel, c), calls)
+                    read = partial(memory.world_as_of, novel, chapter)
+                    # Untimed calls first: caches, query plans and (on Neo4j) the JVM's JIT.
+                    await _timed(read, warmup)
+                    times = await _timed(read, calls)
                     _report(
                         f"world_as_of({chapter}) {len(snapshot.facts)} facts",
                         times,
                     )
-                await memory.neighbourhood(novel, "e0", last)
-                _report(
-                    f"neighbourhood(e0, {last})",
-                    await _timed(lambda: memory.neighbourhood(novel, "e0", last), calls),
-                )
-                await memory.lookup(novel, "the character number 0")
-                _report(
-                    "lookup(alias)",
-                    await _timed(lambda: memory.lookup(novel, "the character number 0"), calls),
-                )
+                around = partial(memory.neighbourhood, novel, "e0", last)
+                await _timed(around, warmup)
+                _report(f"neighbourhood(e0, {last})", await _timed(around, calls))
+                find = partial(memory.lookup, novel, "the character number 0")
+                await _timed(find, warmup)
+                _report("lookup(alias)", await _timed(find, calls))
             finally:
                 await memory.drop_novel(novel)
     except ServiceUnavailable as exc:
@@ -266,6 +269,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed calls before each")
     parser.add_argument("--entities", type=int, default=500)
     parser.add_argument("--facts", type=int, default=5000)
     parser.add_argument("--chapters", type=int, default=50)
@@ -273,7 +277,8 @@ def main() -> None:
     world = synthetic_world(args.entities, args.facts, args.chapters)
     print(
         f"synthetic world: {world.entities} entities, {world.facts} facts, "
-        f"{args.chapters} chapters; {args.calls} timed calls per figure"
+        f"{args.chapters} chapters; {args.calls} timed calls per figure after "
+        f"{args.warmup} untimed ones"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.backends.split(","):
@@ -283,7 +288,7 @@ def main() -> None:
                 continue
             workdir = Path(tmp) / name.strip()
             workdir.mkdir()
-            asyncio.run(bench(name.strip(), opener, world, args.calls, workdir))
+            asyncio.run(bench(name.strip(), opener, world, args.calls, args.warmup, workdir))
 
 
 if __name__ == "__main__":

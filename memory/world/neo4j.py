@@ -66,15 +66,15 @@ from memory.world.port import (
     WorldMemory,
     WorldSnapshot,
 )
-from memory.world.sql import (
+from memory.world.rules import (
     Slot,
-    _check_novel,
-    _clean,
-    _fact_label,
-    _referenced_keys,
-    _slot,
-    _snapshot,
+    build_snapshot,
+    check_novel,
+    clean,
+    fact_label,
+    fact_slot,
     normalise,
+    referenced_keys,
 )
 from memory.world.tables import KEY_LENGTH
 
@@ -406,7 +406,7 @@ class _FactState:
 
     @property
     def slot(self) -> Slot:
-        return _slot(self.subject, self.predicate, self.value, self.object)
+        return fact_slot(self.subject, self.predicate, self.value, self.object)
 
     def same_content(self, other: _FactState) -> bool:
         return (self.value, self.object) == (other.value, other.object)
@@ -480,7 +480,7 @@ class _Batch:
     async def run(self, changes: WorldChanges) -> ApplyResult:
         setup_keys = {s.key.strip() for s in changes.setups} | {k.strip() for k in changes.paid_off}
         setup_keys.discard("")
-        await self._load(_referenced_keys(changes), setup_keys)
+        await self._load(referenced_keys(changes), setup_keys)
         pending: list[FactSpec] = []
         for spec in changes.entities:
             pending.extend(self._merge_entity(spec))
@@ -563,7 +563,7 @@ class _Batch:
     def _merge_entity(self, spec: EntitySpec) -> list[FactSpec]:
         """Upsert one entity in memory; returns its mutable attributes as facts."""
         key = spec.key.strip()
-        name = _clean(spec.name)
+        name = clean(spec.name)
         description = spec.description.strip()
         label = f"entity {key!r}"
         if not key or len(key) > KEY_LENGTH:
@@ -609,7 +609,7 @@ class _Batch:
         return [FactSpec(key, attribute, value=value) for attribute, value in spec.mutable.items()]
 
     def _merge_alias(self, key: str, alias: str) -> None:
-        text = _clean(alias)
+        text = clean(alias)
         norm = normalise(text)
         if not norm or norm == normalise(self.entities[key].name):
             return
@@ -691,7 +691,7 @@ class _Batch:
             predicate = spec.predicate.strip()
             value = spec.value.strip() if spec.value is not None else None
             obj = spec.object.strip() if spec.object is not None else None
-            label = _fact_label(subject, predicate, value, obj)
+            label = fact_label(subject, predicate, value, obj)
             if (value is None) == (obj is None):
                 self.reject(label, "exactly one of value or object must be set")
                 continue
@@ -987,7 +987,7 @@ def _setups_from(items: Iterable[Sequence[Any]], chapter: int) -> list[Setup]:
 
 async def _world_as_of(tx: AsyncManagedTransaction, novel_id: str, chapter: int) -> WorldSnapshot:
     row = await _single(tx, _WORLD_AS_OF, novel=novel_id, chapter=chapter)
-    return _snapshot(
+    return build_snapshot(
         chapter,
         _entities_from(row["entities"], chapter),
         [f.fact() for f in _stored_facts(row["relations"], row["attributes"])],
@@ -1028,10 +1028,10 @@ async def _neighbourhood(
     entities = _entities_from(row["entities"], chapter)
     if key not in entities:
         return WorldSnapshot(chapter=chapter, entities=(), facts=(), setups=())
-    # Attributes of a hidden end are dropped by _snapshot, as the SQL backend never reads them.
+    # Attributes of a hidden end are dropped by build_snapshot, as the SQL backend never reads them.
     attributes = [f.fact() for f in _stored_facts(row["attributes"])]
     setups = [s for s in _setups_from(row["setups"], chapter) if key in s.entities]
-    return _snapshot(chapter, entities, [*relations, *attributes], setups)
+    return build_snapshot(chapter, entities, [*relations, *attributes], setups)
 
 
 async def _lookup(tx: AsyncManagedTransaction, novel_id: str, name: str) -> Entity | None:
@@ -1094,12 +1094,12 @@ async def _reopen_facts_closed_by(tx: AsyncManagedTransaction, novel_id: str, c:
         return
     successors: dict[Slot, tuple[int | None, int | None]] = {}
     for r in _stored_facts(row["recorded"]):
-        successors[_slot(r.subject, r.predicate, r.value, r.object)] = (r.valid_to, r.closed_by)
+        successors[fact_slot(r.subject, r.predicate, r.value, r.object)] = (r.valid_to, r.closed_by)
     relations: list[dict[str, Any]] = []
     attributes: list[dict[str, Any]] = []
     for fact in closed:
         valid_to, closed_by = successors.get(
-            _slot(fact.subject, fact.predicate, fact.value, fact.object), (None, None)
+            fact_slot(fact.subject, fact.predicate, fact.value, fact.object), (None, None)
         )
         update = {"id": fact.id, "to": valid_to, "by": closed_by}
         (relations if fact.object is not None else attributes).append(update)
@@ -1203,7 +1203,7 @@ class Neo4jWorldMemory(WorldMemory):
 
     async def apply(self, novel_id: str, chapter: int, changes: WorldChanges) -> ApplyResult:
         """Apply a batch atomically at ``chapter`` (see :meth:`WorldMemory.apply`)."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         if chapter < 0:
             raise InvalidInput("chapter must be 0 or more", chapter=chapter)
 
@@ -1224,14 +1224,14 @@ class Neo4jWorldMemory(WorldMemory):
 
     async def world_as_of(self, novel_id: str, chapter: int) -> WorldSnapshot:
         """Entities, valid facts and set-ups as they stand at ``chapter`` (one query)."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         async with _storage_errors("read the world"), self._session() as session:
             return await session.execute_read(_world_as_of, novel_id, chapter)
 
     async def lookup(self, novel_id: str, name: str) -> Entity | None:
         """Find an entity by key, name or alias: exact key first, then the normalised
         key, name and alias; ties go to the entity recorded first."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         if not normalise(name):
             return None
         async with _storage_errors("look up an entity"), self._session() as session:
@@ -1240,19 +1240,19 @@ class Neo4jWorldMemory(WorldMemory):
     async def neighbourhood(self, novel_id: str, key: str, chapter: int) -> WorldSnapshot:
         """The entity, its relationships valid at ``chapter``, their other ends, the
         attributes of all of those, and set-ups naming the entity."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         async with _storage_errors("read a neighbourhood"), self._session() as session:
             return await session.execute_read(_neighbourhood, novel_id, key.strip(), chapter)
 
     async def retract_chapter(self, novel_id: str, chapter: int) -> None:
         """Hide what ``chapter`` recorded, reopen what it closed, clear its pay-offs."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         async with _storage_errors("retract a chapter"), self._session() as session:
             await session.execute_write(_retract, novel_id, chapter)
 
     async def drop_novel(self, novel_id: str) -> None:
         """Delete every node and relationship of the novel's world."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         async with _storage_errors("drop a novel"), self._session() as session:
             await session.execute_write(_drop, novel_id)
 

@@ -44,7 +44,6 @@ from memory.errors import InvalidInput, StorageError
 from memory.migrate import upgrade_to_head
 from memory.world.port import (
     ENTITY_KINDS,
-    EXCLUSIVE_RELATIONS,
     ApplyResult,
     Entity,
     EntityKind,
@@ -59,34 +58,24 @@ from memory.world.port import (
     WorldMemory,
     WorldSnapshot,
 )
+from memory.world.rules import (
+    Slot,
+    build_snapshot,
+    check_novel,
+    clean,
+    fact_label,
+    fact_slot,
+    normalise,
+    referenced_keys,
+)
 from memory.world.tables import (
     KEY_LENGTH,
-    NOVEL_ID_LENGTH,
     AliasRow,
     EntityRow,
     FactRow,
     FixedAttributeRow,
     SetupRow,
 )
-
-_ATTRIBUTE = "attribute"
-_RELATION = "relation"
-
-
-def normalise(text: str) -> str:
-    """The lookup form of a name: whitespace collapsed, trimmed, case-folded."""
-    return " ".join(text.split()).casefold()
-
-
-def _clean(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _check_novel(novel_id: str) -> None:
-    if not novel_id or len(novel_id) > NOVEL_ID_LENGTH:
-        raise InvalidInput(
-            f"novel id must be 1-{NOVEL_ID_LENGTH} characters", novel_id=novel_id[:80]
-        )
 
 
 def _valid_at(chapter: int) -> ColumnElement[bool]:
@@ -95,36 +84,6 @@ def _valid_at(chapter: int) -> ColumnElement[bool]:
         FactRow.retracted.is_(False),
         FactRow.valid_from_chapter <= chapter,
         or_(FactRow.valid_to_chapter.is_(None), FactRow.valid_to_chapter > chapter),
-    )
-
-
-def _fact_label(subject: str, predicate: str, value: str | None, obj: str | None) -> str:
-    if obj is not None and value is None:
-        return f"fact {subject} -{predicate}-> {obj}"
-    return f"fact {subject}.{predicate}={value!r}"
-
-
-Slot = tuple[str, str, str, str | None]
-
-
-def _slot(subject: str, predicate: str, value: str | None, obj: str | None) -> Slot:
-    """Facts sharing a slot replace one another over time: one slot per attribute and per
-    exclusive relation type, and one per (type, object) for other relationships."""
-    if value is not None:
-        return (subject, predicate, _ATTRIBUTE, None)
-    if predicate in EXCLUSIVE_RELATIONS:
-        return (subject, predicate, _RELATION, None)
-    return (subject, predicate, _RELATION, obj)
-
-
-def _fact_sort_key(fact: Fact) -> tuple[str, str, str, str, int, int]:
-    return (
-        fact.subject,
-        fact.predicate,
-        fact.object or "",
-        fact.value or "",
-        fact.valid_from_chapter,
-        fact.source_chapter,
     )
 
 
@@ -177,7 +136,7 @@ class _FactState:
 
     @property
     def slot(self) -> Slot:
-        return _slot(self.subject, self.predicate, self.value, self.object)
+        return fact_slot(self.subject, self.predicate, self.value, self.object)
 
     def same_content(self, other: _FactState) -> bool:
         return (self.value, self.object) == (other.value, other.object)
@@ -207,16 +166,6 @@ class _SetupState:
         )
 
 
-def _referenced_keys(changes: WorldChanges) -> set[str]:
-    keys = {spec.key.strip() for spec in changes.entities}
-    for item in changes.facts:
-        keys.update(k.strip() for k in (item.subject, item.object) if k is not None)
-    for end in changes.ended:
-        keys.update(k.strip() for k in (end.subject, end.object) if k is not None)
-    keys.discard("")
-    return keys
-
-
 class _Batch:
     """One ``apply`` call: loads what the changes touch, decides, then flushes."""
 
@@ -236,7 +185,7 @@ class _Batch:
         self.rejected.append(Rejection(change=change, reason=reason))
 
     async def run(self, changes: WorldChanges) -> ApplyResult:
-        await self._load_entities(_referenced_keys(changes))
+        await self._load_entities(referenced_keys(changes))
         pending: list[FactSpec] = []
         for spec in changes.entities:
             pending.extend(self._merge_entity(spec))
@@ -312,7 +261,7 @@ class _Batch:
     def _merge_entity(self, spec: EntitySpec) -> list[FactSpec]:
         """Upsert one entity in memory; returns its mutable attributes as facts."""
         key = spec.key.strip()
-        name = _clean(spec.name)
+        name = clean(spec.name)
         description = spec.description.strip()
         label = f"entity {key!r}"
         if not key or len(key) > KEY_LENGTH:
@@ -357,7 +306,7 @@ class _Batch:
         return [FactSpec(key, attribute, value=value) for attribute, value in spec.mutable.items()]
 
     def _merge_alias(self, key: str, alias: str) -> None:
-        text = _clean(alias)
+        text = clean(alias)
         norm = normalise(text)
         if not norm or norm == normalise(self.entities[key].name):
             return
@@ -531,7 +480,7 @@ class _Batch:
             predicate = spec.predicate.strip()
             value = spec.value.strip() if spec.value is not None else None
             obj = spec.object.strip() if spec.object is not None else None
-            label = _fact_label(subject, predicate, value, obj)
+            label = fact_label(subject, predicate, value, obj)
             if (value is None) == (obj is None):
                 self.reject(label, "exactly one of value or object must be set")
                 continue
@@ -967,21 +916,6 @@ async def _read_setups(conn: AsyncConnection, novel_id: str, chapter: int) -> li
     return [latest[key] for key in sorted(latest)]
 
 
-def _snapshot(
-    chapter: int, entities: dict[str, Entity], facts: Iterable[Fact], setups: Iterable[Setup]
-) -> WorldSnapshot:
-    """A snapshot in canonical order, without facts that name a hidden entity."""
-    shown = [
-        f for f in facts if f.subject in entities and (f.object is None or f.object in entities)
-    ]
-    return WorldSnapshot(
-        chapter=chapter,
-        entities=tuple(entities[key] for key in sorted(entities)),
-        facts=tuple(sorted(shown, key=_fact_sort_key)),
-        setups=tuple(setups),
-    )
-
-
 async def _reopen_facts_closed_by(conn: AsyncConnection, novel_id: str, chapter: int) -> None:
     """Give every fact closed by ``chapter`` the end it would have had without it.
 
@@ -1023,11 +957,11 @@ async def _reopen_facts_closed_by(conn: AsyncConnection, novel_id: str, chapter:
             or_(FactRow.closed_by_chapter.is_(None), FactRow.closed_by_chapter != chapter),
         )
     ):
-        slot = _slot(r.subject_key, r.predicate, r.value, r.object_key)
+        slot = fact_slot(r.subject_key, r.predicate, r.value, r.object_key)
         successors[slot] = (r.valid_to_chapter, r.closed_by_chapter)
     params: list[dict[str, Any]] = []
     for fact in closed:
-        slot = _slot(fact.subject_key, fact.predicate, fact.value, fact.object_key)
+        slot = fact_slot(fact.subject_key, fact.predicate, fact.value, fact.object_key)
         valid_to, closed_by = successors.get(slot, (None, None))
         params.append({"b_id": fact.id, "b_to": valid_to, "b_by": closed_by})
     await conn.execute(
@@ -1055,7 +989,7 @@ class SqlWorldMemory(WorldMemory):
 
     async def apply(self, novel_id: str, chapter: int, changes: WorldChanges) -> ApplyResult:
         """Apply a batch atomically at ``chapter`` (see :meth:`WorldMemory.apply`)."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         if chapter < 0:
             raise InvalidInput("chapter must be 0 or more", chapter=chapter)
         try:
@@ -1075,7 +1009,7 @@ class SqlWorldMemory(WorldMemory):
 
     async def world_as_of(self, novel_id: str, chapter: int) -> WorldSnapshot:
         """Entities, valid facts and set-ups as they stand at ``chapter``."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         async with _storage_errors("read the world"), self._engine.connect() as conn:
             entities = await _read_entities(conn, novel_id, chapter)
             facts = [
@@ -1085,12 +1019,12 @@ class SqlWorldMemory(WorldMemory):
                 )
             ]
             setups = await _read_setups(conn, novel_id, chapter)
-        return _snapshot(chapter, entities, facts, setups)
+        return build_snapshot(chapter, entities, facts, setups)
 
     async def lookup(self, novel_id: str, name: str) -> Entity | None:
         """Find an entity by key, name or alias: exact key first, then the normalised
         key, name and alias; ties go to the entity recorded first."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         wanted = name.strip()
         norm = normalise(name)
         if not norm:
@@ -1139,7 +1073,7 @@ class SqlWorldMemory(WorldMemory):
     async def neighbourhood(self, novel_id: str, key: str, chapter: int) -> WorldSnapshot:
         """The entity, its relationships valid at ``chapter``, their other ends, the
         attributes of all of those, and set-ups naming the entity."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         key = key.strip()
         async with _storage_errors("read a neighbourhood"), self._engine.connect() as conn:
             relations = [
@@ -1169,11 +1103,11 @@ class SqlWorldMemory(WorldMemory):
                 )
             ]
             setups = [s for s in await _read_setups(conn, novel_id, chapter) if key in s.entities]
-        return _snapshot(chapter, entities, [*relations, *attributes], setups)
+        return build_snapshot(chapter, entities, [*relations, *attributes], setups)
 
     async def retract_chapter(self, novel_id: str, chapter: int) -> None:
         """Hide what ``chapter`` recorded, reopen what it closed, clear its pay-offs."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         c = chapter
         async with _storage_errors("retract a chapter"), self._engine.begin() as conn:
             await _reopen_facts_closed_by(conn, novel_id, c)
@@ -1232,7 +1166,7 @@ class SqlWorldMemory(WorldMemory):
 
     async def drop_novel(self, novel_id: str) -> None:
         """Delete every row of the novel's world."""
-        _check_novel(novel_id)
+        check_novel(novel_id)
         async with _storage_errors("drop a novel"), self._engine.begin() as conn:
             for table in (AliasRow, FixedAttributeRow, FactRow, SetupRow, EntityRow):
                 await conn.execute(delete(table).where(table.novel_id == novel_id))

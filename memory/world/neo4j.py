@@ -29,54 +29,61 @@ matches ``^[A-Z][A-Z0-9_]{0,40}$``; any other predicate is stored as ``RELATED_T
 exact text still in ``predicate``).
 
 ``apply`` works like the SQL backend's: in one write transaction it loads what the batch
-touches (one query), decides in Python with the same rules (imported from
-:mod:`memory.world.sql`, so the backends cannot drift apart) and writes with ``UNWIND``
-batches (one statement, plus one per new relationship type). ``world_as_of`` is a single
-query. Results come back as one row of collected lists: the Python driver's cost is per
-record, so a thousand facts in one row read several times faster than a thousand rows.
+touches (one query) into the records of :mod:`memory.world.rules`, lets
+:func:`memory.world.planner.plan_batch` decide (the same code decides for SQL, so the
+backends cannot drift apart) and executes the plan with ``UNWIND`` batches (one
+statement, plus one per new relationship type); ``retract_chapter`` reopens facts with
+:func:`memory.world.planner.plan_reopen`. ``world_as_of`` is a single query. Results
+come back as one row of collected lists: the Python driver's cost is per record, so a
+thousand facts in one row read several times faster than a thousand rows.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, LiteralString, NamedTuple, cast
+from itertools import chain
+from typing import Any, LiteralString
 
 from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction, AsyncSession
 from neo4j.exceptions import ConstraintError, DriverError, Neo4jError
 
 from memory.errors import InvalidInput, StorageError
+from memory.world.planner import (
+    BatchKeys,
+    BatchState,
+    WritePlan,
+    batch_keys,
+    plan_batch,
+    plan_reopen,
+)
 from memory.world.port import (
-    ENTITY_KINDS,
     ApplyResult,
     Entity,
-    EntityKind,
-    EntitySpec,
     Fact,
-    FactEnd,
-    FactSpec,
-    Rejection,
-    Setup,
-    SetupSpec,
     WorldChanges,
     WorldMemory,
     WorldSnapshot,
 )
 from memory.world.rules import (
-    Slot,
+    AliasRecord,
+    EntityRecord,
+    FixedRecord,
     build_snapshot,
     check_novel,
-    clean,
-    fact_label,
-    fact_slot,
+    entity_as_of,
+    entity_fields,
+    fact_record,
+    lookup_rank,
+    neighbour_keys,
     normalise,
-    referenced_keys,
+    setup_fields,
+    setup_record,
+    setups_as_of,
 )
-from memory.world.tables import KEY_LENGTH
 
 GENERIC_RELATION = "RELATED_TO"
 """The relationship type of a predicate that cannot be a type of its own."""
@@ -140,7 +147,8 @@ _SCHEMA: tuple[LiteralString, ...] = (
 # Each fragment is an uncorrelated CALL subquery yielding one row with one collected list,
 # so a query chains the fragments it needs and ends with a RETURN of their variables.
 # Relationship facts are reached from their subject entity, attribute facts through their
-# own index; both yield the columns of :class:`_StoredFact`. ``f`` is the fact.
+# own index; both yield the lists :func:`_fact` and :func:`fact_record` read. ``f`` is
+# the fact.
 
 _VALID_AT: LiteralString = (
     "NOT f.retracted AND f.valid_from_chapter <= $chapter"
@@ -175,11 +183,11 @@ _ENTITY_VISIBLE: LiteralString = (
     " WHERE NOT e.retracted AND ($chapter IS NULL OR e.introduced_chapter <= $chapter)"
 )
 _ENTITY_ITEM: LiteralString = (
-    "[e.key, e.kind, e.name, e.name_norm, e.description, e.description_chapter,"
+    "[e.key, e.kind, e.name, e.description, e.description_chapter,"
     " e.introduced_chapter, e.aliases, e.alias_norms, e.alias_chapters, e.alias_retracted,"
     " [(e)-[:HAS_FIXED_ATTRIBUTE]->(x:FixedAttribute)"
     "  WHERE NOT x.retracted AND ($chapter IS NULL OR x.recorded_chapter <= $chapter)"
-    "  | [x.name, x.value]]]"
+    "  | [x.name, x.value, x.recorded_chapter]]]"
 )
 _ALL_ENTITIES: LiteralString = (
     " CALL { MATCH (e:Entity {novel_id: $novel})"
@@ -222,8 +230,8 @@ _LOAD_BATCH: LiteralString = (
     " SET n.entity_seq = n.entity_seq"
     " WITH n.entity_seq AS entity_seq"
     " CALL { UNWIND $keys AS key MATCH (e:Entity {novel_id: $novel, key: key})"
-    " RETURN collect([elementId(e), e.key, e.kind, e.name, e.description,"
-    "  e.description_chapter, e.introduced_chapter, e.retracted, e.seq, e.aliases,"
+    " RETURN collect([e.key, e.kind, e.name, e.description, e.description_chapter,"
+    "  e.introduced_chapter, e.retracted, elementId(e), e.aliases,"
     "  e.alias_norms, e.alias_chapters, e.alias_retracted,"
     "  [(e)-[:HAS_FIXED_ATTRIBUTE]->(x:FixedAttribute)"
     "   | [elementId(x), x.name, x.value, x.recorded_chapter, x.retracted]]]) AS entities }"
@@ -321,668 +329,180 @@ async def _storage_errors(action: str) -> AsyncIterator[None]:
         raise StorageError(f"world memory could not {action}: {exc}", action=action) from exc
 
 
-class _StoredFact(NamedTuple):
-    """A fact as the read fragments yield it."""
+def _fact(item: Sequence[Any]) -> Fact:
+    """A fact from a fragment's list (laid out as :func:`fact_record` reads it)."""
+    _, subject, predicate, value, obj, valid_from, valid_to, source, _ = item
+    return Fact(subject, predicate, value, obj, valid_from, valid_to, source)
 
-    id: str
-    subject: str
-    predicate: str
-    value: str | None
-    object: str | None
-    valid_from: int
-    valid_to: int | None
-    source: int
-    closed_by: int | None
 
-    def fact(self) -> Fact:
-        return Fact(
-            subject=self.subject,
-            predicate=self.predicate,
-            value=self.value,
-            object=self.object,
-            valid_from_chapter=self.valid_from,
-            valid_to_chapter=self.valid_to,
-            source_chapter=self.source,
+def _aliases(
+    key: str,
+    texts: Sequence[str],
+    norms: Sequence[str],
+    chapters: Sequence[int],
+    gone: Sequence[bool],
+) -> list[AliasRecord]:
+    """An entity's aliases from its parallel alias lists."""
+    return [
+        AliasRecord(key, text, norm, recorded, retracted)
+        for text, norm, recorded, retracted in zip(texts, norms, chapters, gone, strict=True)
+    ]
+
+
+# --- apply: load what a batch touches, plan in memory, execute the plan ----------------
+
+
+async def _load_batch(
+    tx: AsyncManagedTransaction, novel_id: str, chapter: int, keys: BatchKeys
+) -> tuple[int, BatchState]:
+    """Lock the novel and load what the batch touches (see :class:`BatchState`), with the
+    novel's entity counter."""
+    row = await _single(
+        tx,
+        _LOAD_BATCH,
+        novel=novel_id,
+        chapter=chapter,
+        keys=sorted(keys.entities),
+        setup_keys=sorted(keys.setups),
+    )
+    entities: list[EntityRecord] = []
+    aliases: list[AliasRecord] = []
+    fixed: list[FixedRecord] = []
+    for item in row["entities"]:
+        # [the fields of EntityRecord in order, 4 alias lists, fixed]
+        entity = EntityRecord(*item[:8])
+        key = entity.key
+        entities.append(entity)
+        aliases.extend(_aliases(key, *item[8:12]))
+        fixed_items = item[12]
+        fixed.extend(
+            FixedRecord(key, attribute, value, recorded, gone, fixed_id)
+            for fixed_id, attribute, value, recorded, gone in fixed_items
         )
+    state = BatchState(
+        entities=tuple(entities),
+        aliases=tuple(aliases),
+        fixed=tuple(fixed),
+        facts=tuple(fact_record(i) for i in chain(row["relations"], row["attributes"])),
+        setups=tuple(setup_record(i) for i in row["setups"]),
+    )
+    return int(row["entity_seq"]), state
 
 
-def _stored_facts(*collected: Iterable[Sequence[Any]]) -> list[_StoredFact]:
-    return [_StoredFact(*item) for items in collected for item in items]
+async def _execute_plan(
+    tx: AsyncManagedTransaction, novel_id: str, plan: WritePlan, entity_seq: int
+) -> None:
+    """Write a :class:`WritePlan`: one statement, plus one per new relationship type.
 
-
-# --- per-batch working state ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ChildState:
-    """An alias (``text`` is the alias) or a fixed attribute (``text`` is its value)."""
-
-    text: str
-    recorded_chapter: int
-    retracted: bool
-    id: str | None = None
-
-
-@dataclass(frozen=True)
-class _EntityState:
-    key: str
-    kind: str
-    name: str
-    description: str
-    description_chapter: int | None
-    introduced_chapter: int
-    retracted: bool
-    seq: int | None = None
-    id: str | None = None
-
-    def props(self, aliases: Sequence[tuple[str, _ChildState]]) -> dict[str, Any]:
-        """Node properties, with the entity's aliases as parallel lists."""
-        return {
-            "key_norm": normalise(self.key),
-            "kind": self.kind,
-            "name": self.name,
-            "name_norm": normalise(self.name),
-            "description": self.description,
-            "description_chapter": self.description_chapter,
-            "introduced_chapter": self.introduced_chapter,
-            "retracted": self.retracted,
-            "aliases": [a.text for _, a in aliases],
-            "alias_norms": [norm for norm, _ in aliases],
-            "alias_chapters": [a.recorded_chapter for _, a in aliases],
-            "alias_retracted": [a.retracted for _, a in aliases],
+    New entities are numbered on from ``entity_seq``. Aliases live on their entity's node,
+    so an entity whose aliases changed is rewritten whole.
+    """
+    lists: dict[str, list[Any]] = {name: [] for name in _WRITE_LISTS}
+    aliases: dict[str, list[AliasRecord]] = defaultdict(list)
+    for alias in plan.aliases:
+        aliases[alias.entity].append(alias)
+    new = {e.key for e in plan.new_entities}
+    changed = {e.key for e in plan.changed_entities}
+    changed.update(a.entity for a in (*plan.new_aliases, *plan.changed_aliases))
+    for e in plan.entities:
+        if e.key in new:
+            entity_seq += 1
+            lists["new_entities"].append(
+                {"key": e.key, "seq": entity_seq, "props": _entity_props(e, aliases[e.key])}
+            )
+        elif e.key in changed:
+            lists["changed_entities"].append(
+                {"id": e.id, "props": _entity_props(e, aliases[e.key])}
+            )
+    for f in plan.new_fixed:
+        lists["new_fixed"].append(
+            {"subject": f.entity, "name": f.name, "value": f.value, "recorded": f.recorded_chapter}
+        )
+    for f in plan.changed_fixed:
+        lists["changed_fixed"].append(
+            {"id": f.id, "value": f.value, "recorded": f.recorded_chapter, "retracted": f.retracted}
+        )
+    for fact in plan.closed_facts:
+        lists["closed_relations" if fact.is_relationship else "closed_attributes"].append(fact.id)
+    relations: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    now = datetime.now(UTC)
+    for fact in plan.new_facts:
+        props: dict[str, Any] = {
+            "novel_id": novel_id,
+            "valid_from_chapter": fact.valid_from,
+            "valid_to_chapter": fact.valid_to,
+            "source_chapter": fact.source_chapter,
+            "closed_by_chapter": fact.closed_by,
+            "retracted": False,
+            "created_at": now,
         }
-
-
-@dataclass(frozen=True)
-class _FactState:
-    subject: str
-    predicate: str
-    value: str | None
-    object: str | None
-    valid_from: int
-    valid_to: int | None
-    closed_by: int | None = None
-    id: str | None = None
-
-    @property
-    def slot(self) -> Slot:
-        return fact_slot(self.subject, self.predicate, self.value, self.object)
-
-    def same_content(self, other: _FactState) -> bool:
-        return (self.value, self.object) == (other.value, other.object)
-
-    def valid_at(self, chapter: int) -> bool:
-        return self.valid_from <= chapter and (self.valid_to is None or chapter < self.valid_to)
-
-
-@dataclass(frozen=True)
-class _SetupState:
-    key: str
-    description: str
-    planted_chapter: int
-    due_chapter: int
-    entities: tuple[str, ...]
-    paid_off_chapter: int | None
-    recorded_chapter: int
-    retracted: bool
-    id: str | None = None
-
-    def same_plan(self, other: _SetupState) -> bool:
-        return (self.description, self.planted_chapter, self.due_chapter, self.entities) == (
-            other.description,
-            other.planted_chapter,
-            other.due_chapter,
-            other.entities,
-        )
-
-    def props(self) -> dict[str, Any]:
-        return {
-            "description": self.description,
-            "planted_chapter": self.planted_chapter,
-            "due_chapter": self.due_chapter,
-            "paid_off_chapter": self.paid_off_chapter,
-            "entities": list(self.entities),
-            "retracted": self.retracted,
-        }
-
-
-@dataclass
-class _Writes:
-    """Everything a batch writes, flushed at its end in one statement (plus new relations)."""
-
-    lists: dict[str, list[Any]] = field(default_factory=lambda: {n: [] for n in _WRITE_LISTS})
-    relations: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
-
-
-class _Batch:
-    """One ``apply`` call inside one write transaction: load, decide, then write."""
-
-    def __init__(self, tx: AsyncManagedTransaction, novel_id: str, chapter: int) -> None:
-        self.tx = tx
-        self.novel_id = novel_id
-        self.chapter = chapter
-        self.rejected: list[Rejection] = []
-        self.writes = _Writes()
-        self.entity_seq = 0
-        self.loaded_seq = 0
-        self.entities: dict[str, _EntityState] = {}
-        self.aliases: dict[tuple[str, str], _ChildState] = {}
-        self.fixed: dict[tuple[str, str], _ChildState] = {}
-        self.loaded_entities: dict[str, _EntityState] = {}
-        self.loaded_aliases: dict[tuple[str, str], _ChildState] = {}
-        self.loaded_fixed: dict[tuple[str, str], _ChildState] = {}
-        self.stored_facts: list[_StoredFact] = []
-        self.setup_versions: dict[tuple[str, int], _SetupState] = {}
-
-    def reject(self, change: str, reason: str) -> None:
-        self.rejected.append(Rejection(change=change, reason=reason))
-
-    async def run(self, changes: WorldChanges) -> ApplyResult:
-        setup_keys = {s.key.strip() for s in changes.setups} | {k.strip() for k in changes.paid_off}
-        setup_keys.discard("")
-        await self._load(referenced_keys(changes), setup_keys)
-        pending: list[FactSpec] = []
-        for spec in changes.entities:
-            pending.extend(self._merge_entity(spec))
-        self._flush_entities()
-        pending.extend(changes.facts)
-        self._apply_facts(pending, changes.ended)
-        self._apply_setups(changes.setups, changes.paid_off)
-        await self._write()
-        return ApplyResult(rejected=tuple(self.rejected))
-
-    async def _load(self, keys: Collection[str], setup_keys: Collection[str]) -> None:
-        """Lock the novel and load the entities, open facts and set-ups the batch names."""
-        row = await _single(
-            self.tx,
-            _LOAD_BATCH,
-            novel=self.novel_id,
-            chapter=self.chapter,
-            keys=sorted(keys),
-            setup_keys=sorted(setup_keys),
-        )
-        self.entity_seq = self.loaded_seq = int(row["entity_seq"])
-        for (
-            entity_id,
-            key,
-            kind,
-            name,
-            description,
-            description_chapter,
-            introduced_chapter,
-            retracted,
-            seq,
-            aliases,
-            alias_norms,
-            alias_chapters,
-            alias_retracted,
-            fixed,
-        ) in row["entities"]:
-            self.entities[key] = _EntityState(
-                key=key,
-                kind=kind,
-                name=name,
-                description=description,
-                description_chapter=description_chapter,
-                introduced_chapter=introduced_chapter,
-                retracted=retracted,
-                seq=seq,
-                id=entity_id,
-            )
-            for text, norm, recorded, gone in zip(
-                aliases, alias_norms, alias_chapters, alias_retracted, strict=True
-            ):
-                self.aliases[(key, norm)] = _ChildState(text, recorded, gone)
-            for fixed_id, attribute, value, recorded, gone in fixed:
-                self.fixed[(key, attribute)] = _ChildState(value, recorded, gone, fixed_id)
-        self.loaded_entities = dict(self.entities)
-        self.loaded_aliases = dict(self.aliases)
-        self.loaded_fixed = dict(self.fixed)
-        self.stored_facts = _stored_facts(row["relations"], row["attributes"])
-        for item in row["setups"]:
-            version = _setup_state(item)
-            self.setup_versions[(version.key, version.recorded_chapter)] = version
-
-    async def _write(self) -> None:
-        if any(self.writes.lists.values()) or self.entity_seq != self.loaded_seq:
-            await _execute(
-                self.tx,
-                _WRITE_BATCH,
-                novel=self.novel_id,
-                chapter=self.chapter,
-                entity_seq=self.entity_seq,
-                **self.writes.lists,
-            )
-        for rel_type, rows in sorted(self.writes.relations.items()):
-            await _execute(
-                self.tx, _create_relations_query(rel_type), novel=self.novel_id, rows=rows
-            )
-
-    # --- entities -------------------------------------------------------------------
-
-    def _merge_entity(self, spec: EntitySpec) -> list[FactSpec]:
-        """Upsert one entity in memory; returns its mutable attributes as facts."""
-        key = spec.key.strip()
-        name = clean(spec.name)
-        description = spec.description.strip()
-        label = f"entity {key!r}"
-        if not key or len(key) > KEY_LENGTH:
-            self.reject(label, f"key must be 1-{KEY_LENGTH} characters")
-            return []
-        if spec.kind not in ENTITY_KINDS:
-            self.reject(label, f"unknown kind {spec.kind!r}")
-            return []
-        if not name:
-            self.reject(label, "name is empty")
-            return []
-        current = self.entities.get(key)
-        extra_names: list[str] = []
-        if current is None or current.retracted:
-            # A retracted node is revived in place: (novel_id, key) stays unique.
-            self.entities[key] = _EntityState(
-                key=key,
-                kind=spec.kind,
-                name=name,
-                description=description,
-                description_chapter=self.chapter if description else None,
-                introduced_chapter=self.chapter,
-                retracted=False,
-                seq=current.seq if current else None,
-                id=current.id if current else None,
+        if fact.object is not None:
+            props["predicate"] = fact.predicate
+            relations[relationship_type(fact.predicate)].append(
+                {"subject": fact.subject, "object": fact.object, "props": props}
             )
         else:
-            if spec.kind != current.kind:
-                self.reject(
-                    f"{label} kind {spec.kind!r}",
-                    f"{key!r} is a {current.kind}; kinds never change",
-                )
-            if normalise(name) != normalise(current.name):
-                extra_names.append(name)
-            if description and not current.description:
-                self.entities[key] = replace(
-                    current, description=description, description_chapter=self.chapter
-                )
-        for alias in (*extra_names, *spec.aliases):
-            self._merge_alias(key, alias)
-        for attribute, value in spec.fixed.items():
-            self._merge_fixed(key, attribute, value)
-        return [FactSpec(key, attribute, value=value) for attribute, value in spec.mutable.items()]
-
-    def _merge_alias(self, key: str, alias: str) -> None:
-        text = clean(alias)
-        norm = normalise(text)
-        if not norm or norm == normalise(self.entities[key].name):
-            return
-        current = self.aliases.get((key, norm))
-        if current is None:
-            self.aliases[(key, norm)] = _ChildState(text, self.chapter, retracted=False)
-        elif current.retracted:
-            self.aliases[(key, norm)] = replace(
-                current, text=text, recorded_chapter=self.chapter, retracted=False
-            )
-
-    def _merge_fixed(self, key: str, attribute: str, value: str) -> None:
-        attribute = attribute.strip()
-        value = value.strip()
-        label = f"fixed {key}.{attribute}={value!r}"
-        if not attribute or len(attribute) > KEY_LENGTH:
-            self.reject(label, f"attribute name must be 1-{KEY_LENGTH} characters")
-            return
-        if not value:
-            self.reject(label, "value is empty")
-            return
-        current = self.fixed.get((key, attribute))
-        if current is None:
-            self.fixed[(key, attribute)] = _ChildState(value, self.chapter, retracted=False)
-        elif current.retracted:
-            self.fixed[(key, attribute)] = replace(
-                current, text=value, recorded_chapter=self.chapter, retracted=False
-            )
-        elif normalise(current.text) != normalise(value):
-            self.reject(label, f"{key}.{attribute} is fixed as {current.text!r}")
-
-    def _flush_entities(self) -> None:
-        lists = self.writes.lists
-        # Dict order is stored order then merge order, so revived aliases keep their place.
-        aliases: dict[str, list[tuple[str, _ChildState]]] = defaultdict(list)
-        alias_changed: set[str] = set()
-        for (key, norm), alias in self.aliases.items():
-            aliases[key].append((norm, alias))
-            if alias != self.loaded_aliases.get((key, norm)):
-                alias_changed.add(key)
-        for key, state in self.entities.items():
-            props = state.props(aliases[key])
-            if state.id is None:
-                self.entity_seq += 1
-                lists["new_entities"].append({"key": key, "seq": self.entity_seq, "props": props})
-            elif state != self.loaded_entities.get(key) or key in alias_changed:
-                lists["changed_entities"].append({"id": state.id, "props": props})
-        for (key, attribute), s in self.fixed.items():
-            if s.id is None:
-                lists["new_fixed"].append(
-                    {
-                        "subject": key,
-                        "name": attribute,
-                        "value": s.text,
-                        "recorded": s.recorded_chapter,
-                    }
-                )
-            elif s != self.loaded_fixed[(key, attribute)]:
-                lists["changed_fixed"].append(
-                    {
-                        "id": s.id,
-                        "value": s.text,
-                        "recorded": s.recorded_chapter,
-                        "retracted": s.retracted,
-                    }
-                )
-
-    # --- facts ----------------------------------------------------------------------
-
-    def _visible(self, key: str) -> bool:
-        state = self.entities.get(key)
-        return state is not None and not state.retracted
-
-    def _validate_facts(self, pending: Sequence[FactSpec]) -> list[_FactState]:
-        """Checked facts, collapsed so each single-valued (subject, predicate) occurs once."""
-        collapsed: dict[Slot, _FactState] = {}
-        for spec in pending:
-            subject = spec.subject.strip()
-            predicate = spec.predicate.strip()
-            value = spec.value.strip() if spec.value is not None else None
-            obj = spec.object.strip() if spec.object is not None else None
-            label = fact_label(subject, predicate, value, obj)
-            if (value is None) == (obj is None):
-                self.reject(label, "exactly one of value or object must be set")
-                continue
-            if not predicate or len(predicate) > KEY_LENGTH:
-                self.reject(label, f"predicate must be 1-{KEY_LENGTH} characters")
-                continue
-            unknown = [k for k in (subject, obj) if k is not None and not self._visible(k)]
-            if unknown:
-                self.reject(label, f"unknown entity {unknown[0]!r}")
-                continue
-            if value is not None:
-                fixed = self.fixed.get((subject, predicate))
-                if fixed is not None and not fixed.retracted:
-                    if normalise(fixed.text) != normalise(value):
-                        self.reject(label, f"{subject}.{predicate} is fixed as {fixed.text!r}")
-                    # A restated fixed attribute adds nothing: the fixed value already says it.
-                    continue
-            fact = _FactState(subject, predicate, value, obj, self.chapter, None)
-            # Earlier assertions of the same single-valued slot would hold for no chapter.
-            collapsed.pop(fact.slot, None)
-            collapsed[fact.slot] = fact
-        return list(collapsed.values())
-
-    def _validate_ends(self, ended: Sequence[FactEnd]) -> list[FactEnd]:
-        valid: list[FactEnd] = []
-        for end in ended:
-            subject = end.subject.strip()
-            predicate = end.predicate.strip()
-            obj = end.object.strip() if end.object is not None else None
-            label = f"end {subject}.{predicate}" + (f" -> {obj}" if obj is not None else "")
-            if not predicate:
-                self.reject(label, "predicate is empty")
-                continue
-            unknown = [k for k in (subject, obj) if k is not None and not self._visible(k)]
-            if unknown:
-                self.reject(label, f"unknown entity {unknown[0]!r}")
-                continue
-            valid.append(FactEnd(subject, predicate, obj))
-        return valid
-
-    def _facts_of(self, subjects: Collection[str]) -> dict[tuple[str, str], list[_FactState]]:
-        """Loaded facts of these subjects (visible, valid at or after the batch chapter)."""
-        found: dict[tuple[str, str], list[_FactState]] = defaultdict(list)
-        for f in self.stored_facts:
-            if f.subject in subjects:
-                found[(f.subject, f.predicate)].append(
-                    _FactState(
-                        f.subject,
-                        f.predicate,
-                        f.value,
-                        f.object,
-                        f.valid_from,
-                        f.valid_to,
-                        f.closed_by,
-                        f.id,
-                    )
-                )
-        return found
-
-    def _apply_facts(self, pending: Sequence[FactSpec], ended: Sequence[FactEnd]) -> None:
-        asserted = self._validate_facts(pending)
-        ends = self._validate_ends(ended)
-        subjects = {f.subject for f in asserted} | {e.subject for e in ends}
-        stored = self._facts_of(subjects)
-        c = self.chapter
-        # Element id of each stored fact to close -> whether it is a relationship.
-        closing: dict[str, bool] = {}
-
-        def close(fact: _FactState, bucket: list[_FactState]) -> None:
-            if fact.id is not None:
-                closing[fact.id] = fact.object is not None
-            bucket[bucket.index(fact)] = replace(fact, valid_to=c, closed_by=c)
-
-        # Ends first, so that a batch ending a relation and asserting its successor keeps
-        # the successor; facts this batch asserts are never ended by it (idempotence).
-        protected = {(f.subject, f.predicate, f.value, f.object) for f in asserted}
-        for end in ends:
-            bucket = stored[(end.subject, end.predicate)]
-            for fact in list(bucket):
-                if fact.valid_to is not None or fact.valid_from > c:
-                    continue
-                if end.object is not None and fact.object != end.object:
-                    continue
-                content = (fact.subject, fact.predicate, fact.value, fact.object)
-                if fact.valid_from == c and content in protected:
-                    continue
-                close(fact, bucket)
-
-        new: list[_FactState] = []
-        for fact in asserted:
-            bucket = stored[(fact.subject, fact.predicate)]
-            slot = [f for f in bucket if f.slot == fact.slot]
-            if any(f.valid_at(c) and f.same_content(fact) for f in slot):
-                continue
-            current = [f for f in slot if f.valid_at(c)]
-            later = [f.valid_from for f in slot if f.valid_from > c]
-            if current:
-                # The new value takes over the rest of the current one's interval, so that
-                # whatever ends it (a later value, a FactEnd) ends the new one instead; this
-                # also places values applied out of chapter order correctly.
-                taken = max(current, key=lambda f: (f.valid_to is None, f.valid_to or 0))
-                fact = replace(fact, valid_to=taken.valid_to, closed_by=taken.closed_by)
-                for other in current:
-                    close(other, bucket)
-            elif later:
-                fact = replace(fact, valid_to=min(later), closed_by=min(later))
-            bucket.append(fact)
-            new.append(fact)
-
-        self._flush_facts(closing, new)
-
-    def _flush_facts(self, closing: dict[str, bool], new: Sequence[_FactState]) -> None:
-        lists = self.writes.lists
-        for fact_id, is_relation in closing.items():
-            lists["closed_relations" if is_relation else "closed_attributes"].append(fact_id)
-        now = datetime.now(UTC)
-        for f in new:
-            props: dict[str, Any] = {
-                "novel_id": self.novel_id,
-                "valid_from_chapter": f.valid_from,
-                "valid_to_chapter": f.valid_to,
-                "source_chapter": self.chapter,
-                "closed_by_chapter": f.closed_by,
-                "retracted": False,
-                "created_at": now,
-            }
-            if f.object is not None:
-                props["predicate"] = f.predicate
-                self.writes.relations[relationship_type(f.predicate)].append(
-                    {"subject": f.subject, "object": f.object, "props": props}
-                )
-            else:
-                props.update(subject=f.subject, name=f.predicate, value=f.value)
-                lists["new_attributes"].append({"props": props})
-
-    # --- set-ups --------------------------------------------------------------------
-
-    def _apply_setups(self, specs: Sequence[SetupSpec], paid_off: Sequence[str]) -> None:
-        versions = dict(self.setup_versions)
-        loaded = dict(versions)
-        c = self.chapter
-
-        def latest(key: str) -> _SetupState | None:
-            visible = [
-                v
-                for (k, recorded), v in versions.items()
-                if k == key and not v.retracted and recorded <= c
-            ]
-            return max(visible, key=lambda v: v.recorded_chapter, default=None)
-
-        for spec in specs:
-            key = spec.key.strip()
-            label = f"setup {key!r}"
-            if not key or len(key) > KEY_LENGTH:
-                self.reject(label, f"key must be 1-{KEY_LENGTH} characters")
-                continue
-            if spec.planted_chapter < 0 or spec.due_chapter < spec.planted_chapter:
-                self.reject(label, "chapters must be 0 or more and due must not precede planted")
-                continue
-            plan = _SetupState(
-                key=key,
-                description=spec.description.strip(),
-                planted_chapter=spec.planted_chapter,
-                due_chapter=spec.due_chapter,
-                entities=tuple(dict.fromkeys(e.strip() for e in spec.entities if e.strip())),
-                paid_off_chapter=None,
-                recorded_chapter=c,
-                retracted=False,
-            )
-            previous = latest(key)
-            if previous is not None and previous.same_plan(plan):
-                continue
-            existing = versions.get((key, c))
-            versions[(key, c)] = replace(
-                plan,
-                paid_off_chapter=previous.paid_off_chapter if previous else None,
-                id=existing.id if existing else None,
-            )
-
-        for raw in paid_off:
-            key = raw.strip()
-            current = latest(key)
-            if current is None:
-                self.reject(f"paid_off {key!r}", f"unknown set-up {key!r}")
-                continue
-            if current.paid_off_chapter is not None:
-                continue
-            # Every visible version carries the pay-off so any of them may become latest.
-            for slot, version in list(versions.items()):
-                if slot[0] == key and not version.retracted and version.paid_off_chapter is None:
-                    versions[slot] = replace(version, paid_off_chapter=c)
-
-        lists = self.writes.lists
-        for slot, v in versions.items():
-            row = {"key": v.key, "recorded": v.recorded_chapter, "props": v.props()}
-            if v.id is None:
-                lists["new_setups"].append(row)
-            elif v != loaded[slot]:
-                lists["changed_setups"].append({**row, "id": v.id})
-            else:
-                continue
-            lists["linked_setups"].append(
-                {"key": v.key, "recorded": v.recorded_chapter, "entities": list(v.entities)}
-            )
+            props.update(subject=fact.subject, name=fact.predicate, value=fact.value)
+            lists["new_attributes"].append({"props": props})
+    for v in (*plan.new_setups, *plan.changed_setups):
+        row = {"key": v.key, "recorded": v.recorded_chapter, "props": setup_fields(v)}
+        if v.id is None:
+            lists["new_setups"].append(row)
+        else:
+            lists["changed_setups"].append({**row, "id": v.id})
+        lists["linked_setups"].append(
+            {"key": v.key, "recorded": v.recorded_chapter, "entities": list(v.entities)}
+        )
+    if any(lists.values()):
+        await _execute(
+            tx,
+            _WRITE_BATCH,
+            novel=novel_id,
+            chapter=plan.chapter,
+            entity_seq=entity_seq,
+            **lists,
+        )
+    for rel_type, rows in sorted(relations.items()):
+        await _execute(tx, _create_relations_query(rel_type), novel=novel_id, rows=rows)
 
 
-def _setup_state(item: Sequence[Any]) -> _SetupState:
-    """A set-up version from ``[elementId, _SETUP_COLUMNS...]``."""
-    (
-        setup_id,
-        key,
-        description,
-        planted,
-        due,
-        entities,
-        paid_off,
-        recorded,
-        retracted,
-    ) = item
-    return _SetupState(
-        key=key,
-        description=description,
-        planted_chapter=planted,
-        due_chapter=due,
-        entities=tuple(entities),
-        paid_off_chapter=paid_off,
-        recorded_chapter=recorded,
-        retracted=retracted,
-        id=setup_id,
-    )
+def _entity_props(e: EntityRecord, aliases: Sequence[AliasRecord]) -> dict[str, Any]:
+    """Node properties of an entity, with its aliases as parallel lists."""
+    return {
+        **entity_fields(e),
+        "aliases": [a.text for a in aliases],
+        "alias_norms": [a.norm for a in aliases],
+        "alias_chapters": [a.recorded_chapter for a in aliases],
+        "alias_retracted": [a.retracted for a in aliases],
+    }
+
+
+async def _apply(
+    tx: AsyncManagedTransaction, novel_id: str, chapter: int, changes: WorldChanges
+) -> ApplyResult:
+    entity_seq, state = await _load_batch(tx, novel_id, chapter, batch_keys(changes))
+    plan = plan_batch(state, changes, chapter)
+    await _execute_plan(tx, novel_id, plan, entity_seq)
+    return ApplyResult(rejected=plan.rejected)
 
 
 # --- reads ----------------------------------------------------------------------------
 
 
 def _entities_from(items: Iterable[Sequence[Any]], chapter: int | None) -> dict[str, Entity]:
-    """Entities from ``_ENTITY_ITEM`` lists, as known at ``chapter`` (``None``: now).
-
-    Aliases, fixed attributes and a later-filled description recorded after ``chapter``
-    are left out (the fragment already dropped such fixed attributes).
-    """
+    """Entities from ``_ENTITY_ITEM`` lists, as known at ``chapter`` (``None``: now; see
+    :func:`entity_as_of`)."""
     found: dict[str, Entity] = {}
-    for (
-        key,
-        kind,
-        name,
-        name_norm,
-        description,
-        description_chapter,
-        introduced_chapter,
-        aliases,
-        alias_norms,
-        alias_chapters,
-        alias_retracted,
-        fixed,
-    ) in items:
-        shown = description_chapter is not None and (
-            chapter is None or description_chapter <= chapter
-        )
-        found[key] = Entity(
-            key=key,
-            kind=cast(EntityKind, kind),
-            name=name,
-            aliases=tuple(
-                text
-                for text, norm, recorded, gone in zip(
-                    aliases, alias_norms, alias_chapters, alias_retracted, strict=True
-                )
-                if not gone and (chapter is None or recorded <= chapter) and norm != name_norm
-            ),
-            description=description if shown else "",
-            fixed=dict(sorted((attribute, value) for attribute, value in fixed)),
-            introduced_chapter=introduced_chapter,
+    for item in items:
+        # [the fields of EntityRecord up to introduced_chapter, 4 alias lists, fixed]
+        entity = EntityRecord(*item[:6])
+        found[entity.key] = entity_as_of(
+            entity,
+            _aliases(entity.key, *item[6:10]),
+            [FixedRecord(entity.key, *fixed) for fixed in item[10]],
+            chapter,
         )
     return found
-
-
-def _setups_from(items: Iterable[Sequence[Any]], chapter: int) -> list[Setup]:
-    """The latest version of every set-up among ``items``, by key."""
-    latest: dict[str, Setup] = {}
-    for v in sorted((_setup_state(i) for i in items), key=lambda v: (v.key, v.recorded_chapter)):
-        paid = v.paid_off_chapter
-        latest[v.key] = Setup(
-            key=v.key,
-            description=v.description,
-            planted_chapter=v.planted_chapter,
-            due_chapter=v.due_chapter,
-            paid_off_chapter=paid if paid is not None and paid <= chapter else None,
-            entities=v.entities,
-        )
-    return [latest[key] for key in sorted(latest)]
 
 
 async def _world_as_of(tx: AsyncManagedTransaction, novel_id: str, chapter: int) -> WorldSnapshot:
@@ -990,8 +510,8 @@ async def _world_as_of(tx: AsyncManagedTransaction, novel_id: str, chapter: int)
     return build_snapshot(
         chapter,
         _entities_from(row["entities"], chapter),
-        [f.fact() for f in _stored_facts(row["relations"], row["attributes"])],
-        _setups_from(row["setups"], chapter),
+        [_fact(i) for i in chain(row["relations"], row["attributes"])],
+        setups_as_of((setup_record(i) for i in row["setups"]), chapter),
     )
 
 
@@ -1009,8 +529,7 @@ async def _neighbourhood(
         key=key,
         chapter=chapter,
     )
-    relations = [f.fact() for f in _stored_facts(touching["relations"])]
-    keys = {key} | {f.subject for f in relations} | {f.object or key for f in relations}
+    relations = [_fact(i) for i in touching["relations"]]
     row = await _single(
         tx,
         _ENTITIES_BY_KEY + " CALL { UNWIND $keys AS subject"
@@ -1022,16 +541,18 @@ async def _neighbourhood(
         + _SETUPS_BY_CHAPTER
         + " RETURN entities, attributes, setups",
         novel=novel_id,
-        keys=sorted(keys),
+        keys=sorted(neighbour_keys(key, relations)),
         chapter=chapter,
     )
     entities = _entities_from(row["entities"], chapter)
     if key not in entities:
         return WorldSnapshot(chapter=chapter, entities=(), facts=(), setups=())
     # Attributes of a hidden end are dropped by build_snapshot, as the SQL backend never reads them.
-    attributes = [f.fact() for f in _stored_facts(row["attributes"])]
-    setups = [s for s in _setups_from(row["setups"], chapter) if key in s.entities]
-    return build_snapshot(chapter, entities, [*relations, *attributes], setups)
+    attributes = [_fact(i) for i in row["attributes"]]
+    setups = setups_as_of((setup_record(i) for i in row["setups"]), chapter)
+    return build_snapshot(
+        chapter, entities, [*relations, *attributes], [s for s in setups if key in s.entities]
+    )
 
 
 async def _lookup(tx: AsyncManagedTransaction, novel_id: str, name: str) -> Entity | None:
@@ -1054,7 +575,7 @@ async def _lookup(tx: AsyncManagedTransaction, novel_id: str, name: str) -> Enti
     )
     named = sorted(
         row["named"],
-        key=lambda n: (0 if n[0] == wanted else 1 if n[1] == norm else 2, n[2]),
+        key=lambda n: (lookup_rank(wanted, norm, n[0], n[1]), n[2]),
     )
     aliased = sorted(row["aliased"], key=lambda a: a[1])
     key: str | None = named[0][0] if named else aliased[0][0] if aliased else None
@@ -1067,42 +588,25 @@ async def _lookup(tx: AsyncManagedTransaction, novel_id: str, name: str) -> Enti
 
 
 async def _reopen_facts_closed_by(tx: AsyncManagedTransaction, novel_id: str, c: int) -> None:
-    """Give every fact closed by chapter ``c`` the end it would have had without it.
-
-    A fact replaced at ``c`` handed the rest of its interval to its successor, so it takes
-    that end back from the successor (the one recorded at ``c`` in the same slot that ``c``
-    itself did not close); a fact merely ended there reopens.
-    """
-    closed_by_c: LiteralString = (
-        "f.closed_by_chapter = $chapter AND f.source_chapter <> $chapter AND NOT f.retracted"
-    )
-    recorded_at_c: LiteralString = (
-        "f.source_chapter = $chapter AND NOT f.retracted"
-        " AND (f.closed_by_chapter IS NULL OR f.closed_by_chapter <> $chapter)"
+    """Give every fact closed by chapter ``c`` the end it would have had without it (see
+    :func:`plan_reopen`)."""
+    touched_by_c: LiteralString = (
+        "NOT f.retracted AND (f.closed_by_chapter = $chapter OR f.source_chapter = $chapter)"
     )
     row = await _single(
         tx,
-        _facts_fragment(closed_by_c, closed_by_c)
-        + " WITH relations + attributes AS closed"
-        + _facts_fragment(recorded_at_c, recorded_at_c)
-        + " RETURN closed, relations + attributes AS recorded",
+        _facts_fragment(touched_by_c, touched_by_c) + " RETURN relations, attributes",
         novel=novel_id,
         chapter=c,
     )
-    closed = _stored_facts(row["closed"])
-    if not closed:
+    reopened = plan_reopen(c, [fact_record(i) for i in chain(row["relations"], row["attributes"])])
+    if not reopened:
         return
-    successors: dict[Slot, tuple[int | None, int | None]] = {}
-    for r in _stored_facts(row["recorded"]):
-        successors[fact_slot(r.subject, r.predicate, r.value, r.object)] = (r.valid_to, r.closed_by)
     relations: list[dict[str, Any]] = []
     attributes: list[dict[str, Any]] = []
-    for fact in closed:
-        valid_to, closed_by = successors.get(
-            fact_slot(fact.subject, fact.predicate, fact.value, fact.object), (None, None)
-        )
-        update = {"id": fact.id, "to": valid_to, "by": closed_by}
-        (relations if fact.object is not None else attributes).append(update)
+    for fact in reopened:
+        update = {"id": fact.id, "to": fact.valid_to, "by": fact.closed_by}
+        (relations if fact.is_relationship else attributes).append(update)
     await _execute(
         tx,
         "CALL { UNWIND $relations AS row MATCH ()-[f]->() WHERE elementId(f) = row.id"
@@ -1207,12 +711,9 @@ class Neo4jWorldMemory(WorldMemory):
         if chapter < 0:
             raise InvalidInput("chapter must be 0 or more", chapter=chapter)
 
-        async def work(tx: AsyncManagedTransaction) -> ApplyResult:
-            return await _Batch(tx, novel_id, chapter).run(changes)
-
         async with self._session() as session:
             try:
-                return await session.execute_write(work)
+                return await session.execute_write(_apply, novel_id, chapter, changes)
             except ConstraintError:
                 # A concurrent first apply created the novel's node first; a second pass
                 # waits for its lock and then sees what it wrote.
@@ -1220,7 +721,7 @@ class Neo4jWorldMemory(WorldMemory):
             except (Neo4jError, DriverError) as exc:
                 raise StorageError(f"world memory could not apply changes: {exc}") from exc
             async with _storage_errors("apply changes"):
-                return await session.execute_write(work)
+                return await session.execute_write(_apply, novel_id, chapter, changes)
 
     async def world_as_of(self, novel_id: str, chapter: int) -> WorldSnapshot:
         """Entities, valid facts and set-ups as they stand at ``chapter`` (one query)."""

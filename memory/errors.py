@@ -81,3 +81,19 @@ class ModelUnavailable(ModelError):
     """Transient failures (429, 5xx, timeouts) persisted through every retry."""
 
     code = "model_unavailable"
+
+
+class Unauthenticated(ScribeError):
+    """No valid credentials: a missing, expired, tampered or revoked token or API key."""
+
+    code = "unauthenticated"
+
+
+class RateLimited(ScribeError):
+    """Too many requests; ``retry_after`` says when to try again (seconds)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, **data: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **data)
+        self.retry_after = retry_after

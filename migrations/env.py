@@ -5,7 +5,9 @@ from __future__ import annotations
 from alembic import context
 
 import memory.app.tables
+import memory.auth_tables
 import memory.world.tables  # noqa: F401  (registers world tables on Base.metadata)
+import server.runs.tables  # noqa: F401  (registers threads and runs)
 from memory.db import Base
 
 target_metadata = Base.metadata

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 MAX_EDIT_BYTES = 1_000_000
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+GRACEFUL_SHUTDOWN_S = 10
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("session", help="session id")
     export.add_argument("--format", choices=("md", "epub"), default="md")
     export.add_argument("--out", type=Path, required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the HTTP API (LangGraph-compatible) with in-process workers",
+        description="Serve the HTTP API; SCRIBE_WORKER_CONCURRENCY runs execute in-process.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8123, help="port (default 8123)")
+
+    worker = sub.add_parser(
+        "worker",
+        help="execute queued runs (no HTTP); for more capacity next to 'scribe serve'",
+        description="Execute queued runs until stopped (SIGINT/SIGTERM hand runs back).",
+    )
+    worker.add_argument(
+        "--concurrency", type=int, help="runs at once (default SCRIBE_WORKER_CONCURRENCY or 1)"
+    )
     return parser
 
 
@@ -402,11 +420,68 @@ async def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    if not 0 < args.port < 65536:
+        raise InvalidInput(f"--port must be 1-65535, got {args.port}")
+    settings = _settings(args)
+    _announce_models(settings)
+    # Open streams may outlive Ctrl-C by this much; then workers stop and hand runs back.
+    config = uvicorn.Config(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    await uvicorn.Server(config).serve()
+    return 0
+
+
+async def _cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    from contextlib import AsyncExitStack
+
+    from server.backends import open_backends
+    from server.redis import RedisService
+    from server.runs.service import RunService
+
+    settings = _settings(args)
+    concurrency = args.concurrency or settings.worker_concurrency or 1
+    if concurrency < 1:
+        raise InvalidInput(f"--concurrency must be at least 1, got {concurrency}")
+    _announce_models(settings)
+    async with AsyncExitStack() as stack:
+        backends = await stack.enter_async_context(open_backends(settings))
+        redis: RedisService | None = None
+        if settings.redis_url:
+            redis = RedisService.from_url(settings.redis_url)
+            stack.push_async_callback(redis.close)
+            await redis.start()
+        else:
+            _say("No REDIS_URL: run events stay in this process (clients still see state).")
+        runs = await RunService.open(settings, backends, redis, stack)
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopped.set)
+        worker = await runs.start_workers(stack, concurrency)
+        if worker is not None:
+            _say(f"worker {worker.worker_id}: up to {concurrency} run(s) at once; Ctrl-C stops")
+        await stopped.wait()
+    return 0
+
+
 _COMMANDS = {
     "write": _cmd_write,
     "resume": _cmd_resume,
     "sessions": _cmd_sessions,
     "export": _cmd_export,
+    "serve": _cmd_serve,
+    "worker": _cmd_worker,
 }
 
 
@@ -425,6 +500,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"scribe: error: {exc}")
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        if args.command in ("serve", "worker"):
+            # The server stopped cleanly; its unfinished runs went back to the queue.
+            _say("scribe: stopped")
+            return 0
         _say("scribe: interrupted; continue later with: scribe resume SESSION")
         return 130
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memory.errors import ConfigurationError
@@ -69,6 +77,23 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("QDRANT_API_KEY", "SCRIBE_QDRANT_API_KEY")
     )
 
+    # authentication of the HTTP server
+    jwt_secret: SecretStr | None = None
+    """HS256 key signing access tokens (``SCRIBE_JWT_SECRET``, at least 32 characters).
+
+    Required to serve with ``DATABASE_URL`` set. On the embedded default, when unset, the
+    server generates one at startup and keeps it in ``data_dir/jwt_secret`` (mode 0600) so
+    tokens survive restarts; see :func:`server.auth.secret.resolve_jwt_secret`.
+    """
+    access_token_ttl_s: int = Field(default=900, ge=30, le=86_400)
+    """Lifetime of a JWT access token, in seconds."""
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=300, le=366 * 86_400)
+    """Lifetime of a refresh token, in seconds (each rotation issues a fresh one)."""
+    auth_rate_limit: int = Field(default=10, ge=1, le=1_000_000)
+    """Requests per window to register, log in (per IP and email) or refresh (per IP)."""
+    auth_rate_window_s: float = Field(default=60.0, gt=0, le=86_400)
+    """Length of a rate-limit window, in seconds."""
+
     # shared model settings (any OpenAI-compatible endpoint)
     model: str | None = None
     base_url: str | None = Field(
@@ -101,6 +126,29 @@ class Settings(BaseSettings):
     words_per_chapter: int = Field(default=900, ge=100, le=20_000)
     retrieval_limit: int = Field(default=4, ge=0, le=50)
 
+    # the run engine (LangGraph-compatible API and ``scribe worker``)
+    worker_concurrency: int = Field(default=2, ge=0, le=64)
+    """Runs one process executes at once (0: the API process runs no workers)."""
+    lease_s: float = Field(default=30.0, gt=0, le=3600)
+    """A running run stays its worker's this long after a heartbeat; then it is reclaimed."""
+    heartbeat_s: float = Field(default=5.0, gt=0, le=600)
+    """How often a worker renews its lease and checks for cancellation."""
+    worker_poll_s: float = Field(default=0.5, gt=0, le=60)
+    run_timeout_s: float | None = Field(default=None, gt=0)
+    """A run taking longer ends with status ``timeout`` (no limit by default)."""
+    run_max_attempts: int = Field(default=3, ge=1, le=100)
+    event_ttl_s: float = Field(default=3600.0, gt=0)
+    """How long a run's stream events are kept after its last event (for replays)."""
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, le=600)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short HMAC key can be brute-forced from one token; the message never shows it.
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. secrets.token_urlsafe(48))")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         for agent in AGENTS:
@@ -115,6 +163,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "DATABASE_URL must be sqlite+aiosqlite:///PATH or postgresql://USER:PASS@HOST/DB"
             )
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("heartbeat_s must be shorter than lease_s")
         return self
 
     def agent_settings(self, agent: Agent) -> AgentModelSettings:

@@ -14,7 +14,9 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import memory.app.tables
+import memory.auth_tables
 import memory.world.tables  # registers the world tables on Base.metadata
+import server.runs.tables  # noqa: F401  (registers threads and runs)
 from memory.db import Base, make_engine
 from memory.migrate import alembic_config, downgrade_to, upgrade_to_head
 from server.settings import to_sqlalchemy_url

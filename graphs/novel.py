@@ -6,6 +6,9 @@ director_beats → writer → reviewer ──(revise)──→ writer
                              └─(accept)→ commit_chapter → worldsmith_update → chapter_gate
 chapter_gate ─(revise)→ writer │ ─(edit)→ commit_chapter │ → next_chapter → director_beats
              └─(last chapter)→ finish → END
+
+Nodes that call models are wrapped in :func:`nodes.llm.trace.model_step`, so each call
+is recorded at its place (node, step, chapter, index) and a replay can find it again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from nodes.commit import commit_chapter
 from nodes.context import ScribeContext
 from nodes.director import director_beats, director_plan
 from nodes.human import chapter_gate, next_chapter, outline_gate
+from nodes.llm.trace import model_step
 from nodes.reviewer import reviewer
 from nodes.session import finish, intake
 from nodes.worldsmith import worldsmith_seed, worldsmith_update
@@ -36,14 +40,14 @@ def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> NovelGr
     """Compile the ``novel`` graph with the given checkpointer."""
     graph = StateGraph(NovelState, context_schema=ScribeContext, input_schema=NovelInput)
     graph.add_node("intake", intake)
-    graph.add_node("director_plan", director_plan)
+    graph.add_node("director_plan", model_step(director_plan))
     graph.add_node("outline_gate", outline_gate)
-    graph.add_node("worldsmith_seed", worldsmith_seed)
-    graph.add_node("director_beats", director_beats)
-    graph.add_node("writer", writer)
-    graph.add_node("reviewer", reviewer)
+    graph.add_node("worldsmith_seed", model_step(worldsmith_seed))
+    graph.add_node("director_beats", model_step(director_beats))
+    graph.add_node("writer", model_step(writer))
+    graph.add_node("reviewer", model_step(reviewer))
     graph.add_node("commit_chapter", commit_chapter)
-    graph.add_node("worldsmith_update", worldsmith_update)
+    graph.add_node("worldsmith_update", model_step(worldsmith_update))
     graph.add_node("chapter_gate", chapter_gate)
     graph.add_node("next_chapter", next_chapter)
     graph.add_node("finish", finish)

@@ -1,15 +1,26 @@
-"""The SQL engine shared by app data and the SQL world-memory backend.
+"""The SQL engine and store base shared by app data, traces and the SQL world memory.
 
 One declarative ``Base`` holds every table, so Alembic sees the whole schema.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self
 
 from sqlalchemy import MetaData, event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
+
+from memory.errors import StorageError
 
 # Stable constraint names make migrations reproducible on SQLite and Postgres alike.
 NAMING_CONVENTION = {
@@ -47,3 +58,61 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime (SQLite returns naive ones; all are written in
+    UTC, so naive means UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class SqlStore:
+    """What every SQL adapter shares: an engine (its own or a shared one), transactions
+    that turn database failures into :class:`~memory.errors.StorageError`, migrations on
+    ``setup()`` and disposal on ``close()``. ``label`` names the store in errors."""
+
+    label: ClassVar[str] = "sql store"
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """A store with its own engine for ``url`` (an async SQLAlchemy URL such as
+        ``sqlite+aiosqlite:///scribe.db``); :meth:`close` disposes of it."""
+        return cls(make_engine(url), owns_engine=True)
+
+    @property
+    def owns_engine(self) -> bool:
+        """Whether :meth:`close` disposes of the engine."""
+        return self._owns_engine
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction; database failures surface as StorageError."""
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except IntegrityError:
+            # Callers that expect constraint races catch this themselves.
+            raise
+        except SQLAlchemyError as exc:
+            raise StorageError(f"{self.label}: {exc.__class__.__name__}: {exc}") from exc
+
+    async def setup(self) -> None:
+        """Apply pending migrations (one schema shared by every SQL store)."""
+        from memory.migrate import upgrade_to_head
+
+        try:
+            await upgrade_to_head(self._engine)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"{self.label} migration failed: {exc}") from exc
+
+    async def close(self) -> None:
+        """Dispose of the engine if this store owns it; a shared engine is left open."""
+        if self._owns_engine:
+            await self._engine.dispose()

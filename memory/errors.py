@@ -97,3 +97,17 @@ class RateLimited(ScribeError):
     def __init__(self, message: str, *, retry_after: float, **data: Any) -> None:
         super().__init__(message, retry_after=retry_after, **data)
         self.retry_after = retry_after
+
+
+class BudgetExceeded(ScribeError):
+    """A run used up its token or cost budget; it stopped before the next model call and
+    can be resumed (with a larger budget or none)."""
+
+    code = "budget_exceeded"
+
+
+class ReplayMissing(ModelError):
+    """A replay needed a model call that the source run never recorded (the run took a
+    different path, e.g. a changed reviewer asked for a revision the original did not)."""
+
+    code = "replay_missing_call"

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATION_LOCK_KEY = 0x5C81BE_0001
+"""Postgres advisory lock key held while migrating (any fixed 64-bit number of our own)."""
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -22,8 +24,15 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def upgrade_to_head(engine: AsyncEngine) -> None:
-    """Apply every pending migration. Idempotent; safe to call from several adapters."""
+    """Apply every pending migration. Idempotent; safe to call from several adapters and
+    from several processes at once (on Postgres they take turns)."""
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Processes starting together on an empty database would otherwise all create
+            # the same tables; the lock is released when this transaction ends.
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
 
 

@@ -7,12 +7,14 @@ set of facts for its chapter.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from graphs.state import NovelState
 from memory.world.port import (
+    ApplyResult,
     EntityKind,
     EntitySpec,
     FactEnd,
@@ -201,14 +203,23 @@ async def worldsmith_seed(state: NovelState, runtime: Runtime[ScribeContext]) ->
     return {}
 
 
-async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
-    """Record what the accepted chapter changed, valid from that chapter."""
-    ctx = runtime.context
-    novel_id = novel_id_of(state)
-    chapter = state["chapter"]
-    beats = ChapterBeats(**(state.get("beats") or {}))
-    progress(runtime, "worldsmith", "recording", chapter=chapter)
-    record = await ctx.store.get_chapter(novel_id, chapter)
+@dataclass(frozen=True)
+class RecordedChapter:
+    """What :func:`record_chapter_world` found in a chapter and what world memory refused."""
+
+    changes: ChapterChanges
+    result: ApplyResult
+
+
+async def record_chapter_world(
+    ctx: ScribeContext, novel_id: str, chapter: int, beats: ChapterBeats, text: str
+) -> RecordedChapter:
+    """Redo one chapter's world facts from its text: retract what the chapter recorded
+    before, ask the worldsmith what ``text`` changed, apply that at the chapter.
+
+    Shared by :func:`worldsmith_update` and the author-edit path of the HTTP API, so an
+    edited chapter's facts are recomputed exactly as the graph does it.
+    """
     # Read the world as it stood before this chapter: a re-run must not see its own facts.
     await ctx.world.retract_chapter(novel_id, chapter)
     snapshot = await ctx.world.world_as_of(novel_id, chapter)
@@ -217,7 +228,7 @@ async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) 
         ChangesInput(
             chapter=chapter,
             beats=beats,
-            text=record.text,
+            text=text,
             world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
         ),
         ChapterChanges,
@@ -225,6 +236,19 @@ async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) 
     result = await ctx.world.apply(
         novel_id, chapter, await changes_to_world(ctx.world, novel_id, changes)
     )
+    return RecordedChapter(changes, result)
+
+
+async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
+    """Record what the accepted chapter changed, valid from that chapter."""
+    ctx = runtime.context
+    novel_id = novel_id_of(state)
+    chapter = state["chapter"]
+    beats = ChapterBeats(**(state.get("beats") or {}))
+    progress(runtime, "worldsmith", "recording", chapter=chapter)
+    record = await ctx.store.get_chapter(novel_id, chapter)
+    recorded = await record_chapter_world(ctx, novel_id, chapter, beats, record.text)
+    changes, result = recorded.changes, recorded.result
     await ctx.store.accept_chapter(
         novel_id, chapter, record.current_version_id, record.title, changes.summary
     )

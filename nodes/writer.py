@@ -19,9 +19,18 @@ def retrieval_query(beats: ChapterBeats) -> str:
     return " ".join(parts)
 
 
-def draft_version_id(novel_id: str, chapter: int, draft_number: int) -> str:
-    """Deterministic id of a chapter's n-th draft (idempotent when a node is replayed)."""
-    return stable_id(novel_id, "chapter", chapter, "draft", draft_number)
+def draft_version_id(
+    novel_id: str, chapter: int, draft_number: int, checkpoint_id: str | None = None
+) -> str:
+    """Deterministic id of a chapter's n-th draft written from ``checkpoint_id``.
+
+    A node re-executed after a crash starts from the same checkpoint and gets the same id
+    (the stored draft is reused); a fork from a past checkpoint starts from a new one, so
+    its draft is a new version instead of silently reusing the abandoned branch's text.
+    """
+    if checkpoint_id is None:
+        return stable_id(novel_id, "chapter", chapter, "draft", draft_number)
+    return stable_id(novel_id, "chapter", chapter, "draft", draft_number, checkpoint_id)
 
 
 async def writer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
@@ -70,7 +79,12 @@ async def writer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str
         ),
     )
     version = await ctx.store.save_version(
-        draft_version_id(novel_id, chapter, drafts + 1),
+        draft_version_id(
+            novel_id,
+            chapter,
+            drafts + 1,
+            (runtime.execution_info.checkpoint_id or None) if runtime.execution_info else None,
+        ),
         novel_id,
         chapter,
         "draft",

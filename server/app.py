@@ -37,9 +37,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
 
-    from server.api import auth, health, langgraph
+    from server.api import auth, health, langgraph, novels, runs
 
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(langgraph.router)
+    app.include_router(novels.router)
+    app.include_router(runs.router)
     return app

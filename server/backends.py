@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from graphs.novel import NovelGraph, build_graph
 from memory.app.port import AppStore
@@ -20,6 +21,7 @@ from memory.world.port import WorldMemory
 from nodes.context import ScribeContext, WritingOptions
 from nodes.schemas import AGENTS
 from server.settings import Settings
+from server.tracing import RunTracing
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class Backends:
     graph: NovelGraph
     context: ScribeContext
     checkpointer: BaseCheckpointSaver[Any]
+    tracing: RunTracing
+    """Traces of runs: every model call recorded, budgets, replay."""
+    engine: AsyncEngine
+    """The SQL engine of app data, traces and (on SQL) world memory."""
 
     @property
     def store(self) -> AppStore:
@@ -87,7 +93,7 @@ async def _open_checkpointer(settings: Settings, stack: AsyncExitStack) -> BaseC
         await pool.open(wait=True, timeout=30)
         stack.push_async_callback(pool.close)
         postgres = AsyncPostgresSaver(pool)
-        await postgres.setup()
+        await _setup_serialised(dsn, postgres)
         return postgres
 
     import aiosqlite
@@ -98,6 +104,24 @@ async def _open_checkpointer(settings: Settings, stack: AsyncExitStack) -> BaseC
     sqlite = AsyncSqliteSaver(conn)
     await sqlite.setup()
     return sqlite
+
+
+CHECKPOINT_SETUP_LOCK = 0x5C81BE_0002
+"""Postgres advisory lock held while the checkpoint saver migrates its tables."""
+
+
+async def _setup_serialised(dsn: str, saver: Any) -> None:
+    """Run the saver's ``setup()`` under an advisory lock: processes starting together on
+    an empty database would otherwise insert the same migration row. The lock lives on
+    its own connection (a pool of one could not lend a second one to ``setup()``)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (CHECKPOINT_SETUP_LOCK,))
+        try:
+            await saver.setup()
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (CHECKPOINT_SETUP_LOCK,))
 
 
 async def _open_world(settings: Settings, engine: Any, stack: AsyncExitStack) -> WorldMemory:
@@ -125,6 +149,8 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
     from memory.app.sql import SqlAppStore
     from memory.db import make_engine
     from memory.retrieval.qdrant import QdrantPassageIndex
+    from memory.traces.recorder import ModelPrice, TraceRecorder
+    from memory.traces.sql import SqlTraceStore
     from nodes.llm.factory import build_gateway
 
     async with AsyncExitStack() as stack:
@@ -145,12 +171,25 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
         stack.push_async_callback(passages.close)
         await passages.setup()
 
+        traces = SqlTraceStore(engine, owns_engine=False)
+        await traces.setup()
+        recorder = TraceRecorder(
+            traces,
+            {
+                name: ModelPrice(price.input, price.output)
+                for name, price in settings.model_prices.items()
+            },
+        )
+        await recorder.start()
+        # Closed before the engine is disposed (the stack unwinds last in, first out).
+        stack.push_async_callback(recorder.close)
+
         checkpointer = await _open_checkpointer(settings, stack)
         models = build_gateway(
             {a: settings.model_for(a) for a in AGENTS},
             settings.retry,
             offline_tokens_per_second=settings.offline_tokens_per_second,
-        )
+        ).with_tracing(sink=recorder)
         context = ScribeContext(
             models=models,
             store=store,
@@ -158,4 +197,11 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
             passages=passages,
             options=writing_options(settings),
         )
-        yield Backends(settings, build_graph(checkpointer), context, checkpointer)
+        yield Backends(
+            settings,
+            build_graph(checkpointer),
+            context,
+            checkpointer,
+            RunTracing(traces, recorder),
+            engine,
+        )

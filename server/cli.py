@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import sys
@@ -20,12 +21,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from memory.errors import ConfigurationError, Conflict, InvalidInput, NotFound, ScribeError
 
 if TYPE_CHECKING:
+    from memory.traces.port import Budget, TracedRun, TraceStore
     from server.sessions import Gate, RunResult, Sessions
     from server.settings import Settings
 
 MAX_EDIT_BYTES = 1_000_000
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_BUDGET = 3
 GRACEFUL_SHUTDOWN_S = 10
 
 
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scribe",
         description="InfiniteScribe: four AI agents (director, worldsmith, writer, reviewer) "
         "write a novel.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--data-dir",
@@ -60,8 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pause for the author after: outline, chapter, or both (comma-separated)",
     )
     write.add_argument("--out", type=Path, help="Markdown file for the finished book")
+    _add_budget(write)
 
-    sub.add_parser("sessions", help="list sessions and their status", description="List sessions.")
+    sub.add_parser(
+        "sessions",
+        help="list sessions and their status",
+        description="List sessions: status, chapters, last change, last run id, title.",
+    )
 
     resume = sub.add_parser(
         "resume",
@@ -77,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decision.add_argument("--revise", metavar="NOTES", help="send it back with these notes")
     resume.add_argument("--out", type=Path, help="Markdown file for the finished book")
+    _add_budget(resume)
 
     export = sub.add_parser("export", help="export a book", description="Export a session's book.")
     export.add_argument("session", help="session id")
@@ -99,7 +110,100 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency", type=int, help="runs at once (default SCRIBE_WORKER_CONCURRENCY or 1)"
     )
+    _add_trace_commands(sub)
     return parser
+
+
+_EXIT_CODES = """exit codes:
+  0    done, or paused for the author
+  1    failed (e.g. a model error, or a replay that needs a call never recorded)
+  2    bad input (unknown session or run, invalid option)
+  3    stopped by its budget (--budget-tokens/--budget-usd): continue with scribe resume
+  130  interrupted (Ctrl-C): continue with scribe resume"""
+
+_BUDGET_HELP = """budget: once a limit is reached the run stops cleanly before its next model call,
+prints one line saying why and exits with code 3; the session stays resumable with
+'scribe resume SESSION' (with a new budget, or none). Costs use SCRIBE_MODEL_PRICES."""
+
+
+def _add_budget(command: argparse.ArgumentParser) -> None:
+    """The budget options of a command that runs the graph."""
+    command.epilog = _BUDGET_HELP
+    command.formatter_class = argparse.RawDescriptionHelpFormatter
+    command.add_argument(
+        "--budget-tokens",
+        type=int,
+        metavar="N",
+        help="stop this run once it used N model tokens (input + output); exit code 3",
+    )
+    command.add_argument(
+        "--budget-usd",
+        type=float,
+        metavar="X",
+        help="stop this run once its estimated model cost reaches X US dollars; exit code 3",
+    )
+
+
+def _add_trace_commands(sub: Any) -> None:
+    """``trace``, ``compare`` and ``replay``: what evaluators use."""
+    trace = sub.add_parser(
+        "trace",
+        help="export a run's trace as JSON Lines",
+        description="Export a run as JSON Lines: a run line, then per node step a step line "
+        "(checkpoint id and state update) followed by its model-call lines (messages, "
+        "answer, tokens, cost). Run ids are shown by 'scribe sessions' and the API.",
+    )
+    trace.add_argument("run", help="run id")
+    trace.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="write to FILE instead of stdout"
+    )
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare two runs chapter by chapter",
+        description="Compare two runs: per chapter the text diff and the reviewer's scores "
+        "and issues side by side; per agent the tokens, cost, calls and model time.",
+    )
+    compare.add_argument("run_a", metavar="RUN_A", help="run id")
+    compare.add_argument("run_b", metavar="RUN_B", help="run id")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    replay = sub.add_parser(
+        "replay",
+        help="re-execute a recorded run on a new session",
+        description="Re-execute a run on a new session, answering model calls from its "
+        "records (no network, deterministic). Agents named with --live use their configured "
+        "model instead, e.g. a new reviewer judged against the same drafts. A replay that "
+        "needs a call the run never recorded stops with an error naming the agent and call.",
+        epilog="examples:\n"
+        "  scribe replay RUN\n"
+        "  SCRIBE_REVIEWER__MODEL=gpt-4o-mini scribe replay RUN --live reviewer\n"
+        "  scribe replay RUN --live reviewer --from-checkpoint CHECKPOINT_ID",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("run", help="run id")
+    replay.add_argument(
+        "--live",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="AGENT",
+        help="agents that use their configured model (director, worldsmith, writer, reviewer)",
+    )
+    replay.add_argument(
+        "--recorded",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="AGENT",
+        help="agents answered from the records (default: every agent not --live)",
+    )
+    replay.add_argument(
+        "--from-checkpoint",
+        metavar="ID",
+        help="a checkpoint of the source session (see 'scribe trace'): steps up to it are "
+        "answered from the records, live agents take over after it",
+    )
 
 
 # --- edit files -----------------------------------------------------------------------
@@ -225,10 +329,11 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _announce_models(settings: Settings) -> None:
+def _announce_models(settings: Settings, agents: Sequence[str] | None = None) -> None:
+    """Say which agents (of ``agents``, default all) use the offline model."""
     from nodes.schemas import AGENTS
 
-    offline = [a for a in AGENTS if settings.model_for(a) is None]
+    offline = [a for a in AGENTS if a in (agents or AGENTS) and settings.model_for(a) is None]
     if offline:
         who = "all agents" if len(offline) == len(AGENTS) else ", ".join(offline)
         _say(
@@ -297,11 +402,36 @@ async def _write_gate_file(
     write_atomically(_gate_file(settings, session_id, gate), text.encode())
 
 
+def _budget(args: argparse.Namespace) -> Budget | None:
+    """The run's budget from ``--budget-tokens``/``--budget-usd``; InvalidInput if bad."""
+    from memory.traces.port import Budget
+
+    tokens: int | None = args.budget_tokens
+    usd: float | None = args.budget_usd
+    if tokens is not None and tokens < 1:
+        raise InvalidInput(f"--budget-tokens must be a positive number of tokens, got {tokens}")
+    if usd is not None and not (usd > 0 and math.isfinite(usd)):
+        raise InvalidInput(f"--budget-usd must be a positive amount of dollars, got {usd}")
+    if tokens is None and usd is None:
+        return None
+    return Budget(max_tokens=tokens, max_cost_usd=usd)
+
+
+def _stopped(result: RunResult) -> int:
+    """Say in one line why the budget stopped the run and how to go on."""
+    _say(
+        f"scribe: stopped: {result.stop_reason or 'budget exceeded'}; the session is saved, "
+        f"continue with: scribe resume {result.session_id} (with a larger budget, or none)"
+    )
+    return EXIT_BUDGET
+
+
 async def _cmd_write(args: argparse.Namespace) -> int:
     from nodes.session import validate_request
 
     pauses = [p.strip() for p in args.pause.split(",") if p.strip()]
     request = validate_request(args.premise, args.chapters, args.genre, pauses)
+    budget = _budget(args)
     settings = _settings(args)
     if args.out is not None and args.out.is_dir():
         raise InvalidInput(f"--out {args.out} is a folder; give a file name")
@@ -317,7 +447,9 @@ async def _cmd_write(args: argparse.Namespace) -> int:
         print(session_id, flush=True)
         _say(f"session {session_id}: writing {request.chapters} chapter(s)")
         with ProgressView(request.chapters) as view:
-            result = await sessions.start(request, view, session_id=session_id)
+            result = await sessions.start(request, view, session_id=session_id, budget=budget)
+        if result.status == "stopped":
+            return _stopped(result)
         await _finish(sessions, settings, result, args.out)
     return 0
 
@@ -326,6 +458,7 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     from server.sessions import parse_session_id
 
     session_id = parse_session_id(args.session)
+    budget = _budget(args)
     settings = _settings(args)
     _require_store(settings)
     edit_text = read_edit_file(args.edit) if args.edit is not None else None
@@ -353,7 +486,9 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
         _announce_models(settings)
         done = len(await backends.store.list_chapters(session_id))
         with ProgressView(record.chapters, done=done) as view:
-            result = await sessions.resume(session_id, decision, view)
+            result = await sessions.resume(session_id, decision, view, budget=budget)
+        if result.status == "stopped":
+            return _stopped(result)
         await _finish(sessions, settings, result, args.out)
     return 0
 
@@ -371,10 +506,12 @@ async def _cmd_sessions(args: argparse.Namespace) -> int:
             _say(f"no sessions in {settings.data_dir}")
         for novel in novels:
             chapters = await backends.store.list_chapters(novel.id)
+            runs = await backends.tracing.store.thread_runs(novel.id)
+            last_run = f"run {runs[-1].run_id}" if runs else f"run {'-':<36}"
             title = novel.title or novel.premise[:40]
             print(
                 f"{novel.id}  {novel.status:<9}  {len(chapters)}/{novel.chapters} ch  "
-                f"{novel.updated_at:%Y-%m-%d %H:%M}  {title}"
+                f"{novel.updated_at:%Y-%m-%d %H:%M}  {last_run}  {title}"
             )
     return 0
 
@@ -475,6 +612,125 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_trace(args: argparse.Namespace) -> int:
+    from server.sessions import parse_run_id
+
+    run_id = parse_run_id(args.run)
+    if args.output is not None and args.output.is_dir():
+        raise InvalidInput(f"--output {args.output} is a folder; give a file name")
+    output: Path | None = args.output
+    settings = _settings(args)
+    _require_store(settings)
+
+    from server.backends import open_backends
+    from server.runs.serde import dumps
+    from server.traces import trace_lines
+
+    async with open_backends(settings) as backends:
+        lines = trace_lines(backends, run_id)
+        try:
+            if output is None:
+                async for line in lines:
+                    sys.stdout.write(dumps(line) + "\n")
+                sys.stdout.flush()
+                return 0
+            text = "".join([dumps(line) + "\n" async for line in lines])
+        except NotFound as exc:
+            raise NotFound("run", run_id, f"no recorded run {run_id}") from exc
+        except BrokenPipeError:
+            # The reader (e.g. ``| head``) has seen enough; that is not a failure.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+    write_atomically(output, text.encode())
+    print(output)
+    return 0
+
+
+async def _cmd_compare(args: argparse.Namespace) -> int:
+    from server.sessions import parse_run_id
+
+    run_a, run_b = parse_run_id(args.run_a), parse_run_id(args.run_b)
+    settings = _settings(args)
+    _require_store(settings)
+
+    from server.backends import open_backends
+    from server.traces import compare_runs, render_comparison
+
+    async with open_backends(settings) as backends:
+        for run_id in (run_a, run_b):
+            await _require_run(backends.tracing.store, run_id)
+        comparison = await compare_runs(backends, run_a, run_b)
+    if args.json:
+        print(json.dumps(comparison.to_json(), ensure_ascii=False, indent=2))
+    else:
+        sys.stdout.write(render_comparison(comparison))
+    return 0
+
+
+async def _require_run(store: TraceStore, run_id: str) -> TracedRun:
+    try:
+        return await store.get_run(run_id)
+    except NotFound as exc:
+        raise NotFound("run", run_id, f"no recorded run {run_id}") from exc
+
+
+async def _cmd_replay(args: argparse.Namespace) -> int:
+    from nodes.schemas import AGENTS
+    from server.sessions import parse_run_id
+    from server.tracing import replay_agents
+
+    run_id = parse_run_id(args.run)
+    recorded: list[str] = [a.strip() for item in args.recorded for a in item.split(",")]
+    live: list[str] = [a.strip() for item in args.live for a in item.split(",")]
+    chosen = replay_agents([a for a in recorded if a] or None, [a for a in live if a])
+    settings = _settings(args)
+    _require_store(settings)
+
+    from server.backends import open_backends
+    from server.progress import ProgressView
+    from server.sessions import Sessions
+
+    async with open_backends(settings) as backends:
+        source = await _require_run(backends.tracing.store, run_id)
+        try:
+            chapters = (await backends.store.get_novel(source.thread_id)).chapters
+        except NotFound:
+            raw = source.input.get("chapters") if isinstance(source.input, dict) else None
+            chapters = raw if isinstance(raw, int) else 0
+        live_agents = [a for a in AGENTS if a not in chosen]
+        if live_agents:
+            _announce_models(settings, live_agents)
+        sessions = Sessions(backends)
+        session_id = sessions.new_id()
+        print(session_id, flush=True)
+        how = "every agent from the records"
+        if live_agents:
+            how = f"{', '.join(chosen) or 'no agent'} from the records; "
+            how += f"live: {', '.join(live_agents)}"
+        _say(f"session {session_id}: replaying run {run_id} ({how})")
+        with ProgressView(chapters) as view:
+            result = await sessions.replay(
+                run_id,
+                recorded=chosen,
+                from_checkpoint_id=args.from_checkpoint,
+                on_progress=view,
+                session_id=session_id,
+            )
+        print(result.run_id, flush=True)
+        done = len(await backends.store.list_chapters(session_id))
+    if result.gate is not None:
+        where = "the outline" if result.gate.kind == "outline" else "a chapter"
+        _say(
+            f"Replay run {result.run_id} paused at {where}, as the source did; continue with "
+            f"scribe resume {session_id} --approve (or --edit/--revise)"
+        )
+    elif result.status == "stopped":
+        return _stopped(result)
+    else:
+        _say(f"Replayed run {run_id} as run {result.run_id}: {done} chapter(s), {result.status}.")
+    return 0
+
+
 _COMMANDS = {
     "write": _cmd_write,
     "resume": _cmd_resume,
@@ -482,6 +738,9 @@ _COMMANDS = {
     "export": _cmd_export,
     "serve": _cmd_serve,
     "worker": _cmd_worker,
+    "trace": _cmd_trace,
+    "compare": _cmd_compare,
+    "replay": _cmd_replay,
 }
 
 

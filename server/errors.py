@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from memory.errors import (
+    BudgetExceeded,
     ConfigurationError,
     Conflict,
     InvalidInput,
@@ -35,6 +36,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ScribeError], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (RateLimited, 429),
+    (BudgetExceeded, 402),
     (ModelUnavailable, 503),
     (ModelError, 502),
     (ConfigurationError, 500),

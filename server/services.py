@@ -32,6 +32,6 @@ class AppServices:
             redis = RedisService.from_url(settings.redis_url)
             stack.push_async_callback(redis.close)
             await redis.start()
-        auth = await AuthService.open(settings, stack, redis=redis)
+        auth = await AuthService.open(settings, stack, redis=redis, engine=backends.engine)
         runs = await RunService.open(settings, backends, redis, stack)
         return cls(settings=settings, backends=backends, redis=redis, auth=auth, runs=runs)

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import (
     AliasChoices,
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -34,6 +35,15 @@ class AgentModelSettings(BaseModel):
     api_key: SecretStr | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=16, le=200_000)
+
+
+class ModelPriceSettings(BaseModel):
+    """One model's price in USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
 
 
 class Settings(BaseSettings):
@@ -109,6 +119,10 @@ class Settings(BaseSettings):
     json_mode: bool = False
     offline_tokens_per_second: float | None = Field(default=None, gt=0)
     """Slow the offline model to a fixed streaming rate (benchmarks, crash tests)."""
+    model_prices: dict[str, ModelPriceSettings] = Field(default_factory=dict)
+    """USD per million tokens by model name, for cost estimates in traces, e.g.
+    ``SCRIBE_MODEL_PRICES='{"gpt-4o-mini": {"input": 0.15, "output": 0.6}}'``. A model
+    missing here has no estimated cost (the offline model and replays cost nothing)."""
     director: AgentModelSettings = AgentModelSettings()
     worldsmith: AgentModelSettings = AgentModelSettings()
     writer: AgentModelSettings = AgentModelSettings()

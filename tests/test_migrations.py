@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import memory.app.tables
 import memory.auth_tables
+import memory.traces.tables  # registers trace runs and model calls
 import memory.world.tables  # registers the world tables on Base.metadata
 import server.runs.tables  # noqa: F401  (registers threads and runs)
 from memory.db import Base, make_engine
@@ -22,6 +23,7 @@ from memory.migrate import alembic_config, downgrade_to, upgrade_to_head
 from server.settings import to_sqlalchemy_url
 
 APP_TABLES = {"novels", "chapters", "chapter_versions"}
+TRACE_TABLES = {"trace_runs", "model_calls"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -57,7 +59,7 @@ def _diff(sync: Connection) -> list[Any]:
 
 async def test_upgrade_downgrade_upgrade(engine: AsyncEngine) -> None:
     model_tables = set(Base.metadata.tables)
-    assert model_tables >= APP_TABLES
+    assert model_tables >= APP_TABLES | TRACE_TABLES
 
     await upgrade_to_head(engine)
     assert await _tables(engine) == model_tables
@@ -102,7 +104,7 @@ async def test_app_constraints_have_conventional_names(engine: AsyncEngine) -> N
     def reflect(sync: Connection) -> dict[str, set[str]]:
         inspector = inspect(sync)
         names: dict[str, set[str]] = {}
-        for table in APP_TABLES:
+        for table in APP_TABLES | TRACE_TABLES:
             found = {fk["name"] for fk in inspector.get_foreign_keys(table)}
             found.add(inspector.get_pk_constraint(table).get("name"))
             found |= {uq["name"] for uq in inspector.get_unique_constraints(table)}
@@ -114,10 +116,11 @@ async def test_app_constraints_have_conventional_names(engine: AsyncEngine) -> N
     async with engine.connect() as conn:
         reflected = await conn.run_sync(reflect)
 
-    for table_name in APP_TABLES:
+    for table_name in APP_TABLES | TRACE_TABLES:
         table = Base.metadata.tables[table_name]
         expected = {str(c.name) for c in table.constraints if c.name}
         expected |= {str(ix.name) for ix in table.indexes}
         assert reflected[table_name] == expected, table_name
     # Sanity: the models really use the tables module imported above.
     assert memory.app.tables.NovelRow.__table__ is Base.metadata.tables["novels"]
+    assert memory.traces.tables.ModelCallRow.__table__ is Base.metadata.tables["model_calls"]

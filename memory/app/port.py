@@ -90,6 +90,13 @@ class AppStore(ABC):
         """Change status, title or error text (``error`` is cleared when status is not failed)."""
 
     @abstractmethod
+    async def update_request(
+        self, novel_id: str, *, premise: str, chapters: int, genre: str | None
+    ) -> NovelRecord:
+        """Replace what the session asks for (premise, chapter count, genre); meant for a
+        session whose writing has not started. Raises NotFound for an unknown id."""
+
+    @abstractmethod
     async def delete_novel(self, novel_id: str) -> None:
         """Delete a session and its chapters and versions."""
 

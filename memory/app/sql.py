@@ -7,14 +7,12 @@ writers are settled by the database's unique constraints and a short retry.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import cast, get_args
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.app.port import (
     AppStore,
@@ -31,9 +29,8 @@ from memory.app.tables import (
     ChapterVersionRow,
     NovelRow,
 )
-from memory.db import make_engine
+from memory.db import SqlStore, utc
 from memory.errors import Conflict, InvalidInput, NotFound, StorageError
-from memory.migrate import upgrade_to_head
 
 _STATUSES: frozenset[str] = frozenset(get_args(NovelStatus))
 _KINDS: frozenset[str] = frozenset(get_args(VersionKind))
@@ -53,13 +50,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything is written in UTC, so naive means UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
 def _novel(row: NovelRow) -> NovelRecord:
     return NovelRecord(
         id=row.id,
@@ -69,8 +59,8 @@ def _novel(row: NovelRow) -> NovelRecord:
         title=row.title,
         status=cast(NovelStatus, row.status),
         error=row.error,
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
+        created_at=utc(row.created_at),
+        updated_at=utc(row.updated_at),
     )
 
 
@@ -83,7 +73,7 @@ def _version(row: ChapterVersionRow) -> ChapterVersionRecord:
         kind=cast(VersionKind, row.kind),
         title=row.title,
         text=row.text,
-        created_at=_utc(row.created_at),
+        created_at=utc(row.created_at),
     )
 
 
@@ -96,7 +86,7 @@ def _chapter(row: ChapterRow, version: ChapterVersionRow) -> ChapterRecord:
         current_version_id=row.current_version_id,
         text=version.text,
         word_count=version.word_count,
-        updated_at=_utc(row.updated_at),
+        updated_at=utc(row.updated_at),
     )
 
 
@@ -111,46 +101,14 @@ def _check_number(number: int) -> None:
         raise InvalidInput("chapter numbers start at 1", number=number)
 
 
-class SqlAppStore(AppStore):
+class SqlAppStore(SqlStore, AppStore):
     """App data in a SQL database reached through an async SQLAlchemy engine.
 
     The engine is usually shared with the SQL world-memory backend, so :meth:`close`
     disposes of it only when ``owns_engine`` is true (see :meth:`from_url`).
     """
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
-        self._engine = engine
-        self._owns_engine = owns_engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-
-    @classmethod
-    def from_url(cls, url: str) -> SqlAppStore:
-        """A store with its own engine for ``url``; :meth:`close` disposes of it."""
-        return cls(make_engine(url), owns_engine=True)
-
-    @property
-    def owns_engine(self) -> bool:
-        """Whether :meth:`close` disposes of the engine."""
-        return self._owns_engine
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction; database failures surface as :class:`StorageError`."""
-        try:
-            async with self._sessions() as session, session.begin():
-                yield session
-        except IntegrityError:
-            # Callers that expect constraint races catch this themselves.
-            raise
-        except SQLAlchemyError as exc:
-            raise StorageError(f"app store: {exc.__class__.__name__}: {exc}") from exc
-
-    async def setup(self) -> None:
-        """Apply pending migrations (shared with the world-memory backend)."""
-        try:
-            await upgrade_to_head(self._engine)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"app store migration failed: {exc}") from exc
+    label = "app store"
 
     # --- novels -----------------------------------------------------------------------
 
@@ -219,6 +177,22 @@ class SqlAppStore(AppStore):
                 row.error = None
             elif error is not None:
                 row.error = error
+            row.updated_at = _now()
+            return _novel(row)
+
+    async def update_request(
+        self, novel_id: str, *, premise: str, chapters: int, genre: str | None
+    ) -> NovelRecord:
+        """Replace premise, chapter count and genre; NotFound if unknown."""
+        if not premise.strip():
+            raise InvalidInput("the premise is empty")
+        if chapters < 1:
+            raise InvalidInput("a novel needs at least one chapter", chapters=chapters)
+        async with self._transaction() as session:
+            row = await self._novel_row(session, novel_id)
+            row.premise = premise
+            row.chapters = chapters
+            row.genre = genre
             row.updated_at = _now()
             return _novel(row)
 
@@ -375,11 +349,6 @@ class SqlAppStore(AppStore):
                 .order_by(ChapterRow.number)
             )
             return [_chapter(chapter, version) for chapter, version in found]
-
-    async def close(self) -> None:
-        """Dispose of the engine if this store owns it; a shared engine is left open."""
-        if self._owns_engine:
-            await self._engine.dispose()
 
     # --- helpers ----------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from nodes.schemas import AGENTS, Agent
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
+OFFLINE_PREFIX = "offline:"
+"""``offline:<variant>`` names a differently seeded offline model (evaluations, tests)."""
 _KEYLESS_PLACEHOLDER = "not-needed"
 """Sent to custom endpoints configured without a key (Ollama, llama.cpp, vLLM ignore it)."""
 
@@ -37,10 +39,13 @@ def build_chat_model(
     LangGraph's ``"messages"`` mode can relay tokens as they arrive. The offline model can
     be slowed to a fixed token rate for benchmarks and crash tests.
     """
-    if config is None:
+    if config is None or config.model.startswith(OFFLINE_PREFIX):
         from nodes.llm.offline import OfflineChatModel
 
-        return OfflineChatModel(tokens_per_second=offline_tokens_per_second)
+        variant = config.model[len(OFFLINE_PREFIX) :].strip() if config else ""
+        return OfflineChatModel(
+            tokens_per_second=offline_tokens_per_second, variant=variant or None
+        )
 
     import openai
     from langchain_openai import ChatOpenAI

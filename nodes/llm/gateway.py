@@ -28,8 +28,10 @@ import random
 import re
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -43,8 +45,10 @@ from memory.errors import (
     ModelUnavailable,
     ScribeError,
 )
+from memory.traces.port import ModelCall
 from nodes.llm.config import RetryPolicy
 from nodes.llm.tasks import TASKS, TaskSpec, render_messages
+from nodes.llm.trace import CallKey, CallPlace, CallRouter, CallSink, next_place, set_current_call
 from nodes.schemas import AGENTS, Agent
 
 if TYPE_CHECKING:
@@ -78,6 +82,8 @@ class _Call:
     task: str
     runnable: Runnable[Any, Any]
     label: str
+    structured: bool
+    settings: dict[str, Any]
 
 
 class ModelGateway:
@@ -98,11 +104,29 @@ class ModelGateway:
         retry: RetryPolicy = _DEFAULT_RETRY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         json_mode: Collection[Agent] = (),
+        sink: CallSink | None = None,
+        router: CallRouter | None = None,
     ) -> None:
         self._models: dict[Agent, BaseChatModel] = dict(models)
         self._retry = retry
         self._sleep = sleep
         self._json_mode = frozenset(json_mode)
+        self._sink = sink
+        self._router = router
+
+    def with_tracing(
+        self, *, sink: CallSink | None = None, router: CallRouter | None = None
+    ) -> ModelGateway:
+        """The same models and policy, recording calls to ``sink`` and letting ``router``
+        answer some of them (a replay). Arguments left ``None`` keep this gateway's."""
+        return ModelGateway(
+            self._models,
+            retry=self._retry,
+            sleep=self._sleep,
+            json_mode=self._json_mode,
+            sink=sink if sink is not None else self._sink,
+            router=router if router is not None else self._router,
+        )
 
     # --- introspection ----------------------------------------------------------------
 
@@ -192,12 +216,63 @@ class ModelGateway:
 
     def _call_for(self, spec: TaskSpec, *, structured: bool) -> _Call:
         model = self.model_for(spec.agent)
-        runnable: Runnable[Any, Any] = model
-        if structured and spec.agent in self._json_mode:
-            runnable = model.bind(response_format={"type": "json_object"})
-        return _Call(spec.agent, spec.name, runnable, model_label(model))
+        json_mode = structured and spec.agent in self._json_mode
+        return _Call(
+            spec.agent,
+            spec.name,
+            model,
+            model_label(model),
+            structured,
+            {**model_settings(model), "json_mode": json_mode},
+        )
+
+    def _runnable(self, call: _Call, place: CallPlace | None) -> tuple[Runnable[Any, Any], str]:
+        """The runnable answering this call (the router's choice, else the agent's model)
+        and its label."""
+        model: BaseChatModel | None = None
+        if self._router is not None:
+            model = self._router.model_for(call.agent, place)
+        runnable: Runnable[Any, Any] = call.runnable
+        label = call.label
+        if model is not None:
+            runnable, label = model, model_label(model)
+        if call.settings.get("json_mode") and model is None:
+            runnable = runnable.bind(response_format={"type": "json_object"})
+        return runnable, label
 
     async def _complete(self, call: _Call, messages: list[BaseMessage], *, repair: bool) -> str:
+        """One logical call: budget check, routing, retries, and its record."""
+        place = next_place()
+        if self._sink is not None and place is not None and place.run_id:
+            self._sink.before_call(place.run_id)
+        runnable, label = self._runnable(call, place)
+        reset = set_current_call(
+            CallKey(call.agent, place.node, place.chapter, place.index) if place else None
+        )
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        outcome = _Outcome()
+        try:
+            return await self._attempts(call, runnable, label, messages, repair, outcome)
+        except BaseException as exc:
+            outcome.error = _describe_exception(exc)
+            raise
+        finally:
+            reset()
+            if self._sink is not None and place is not None and place.run_id and place.thread_id:
+                self._sink.record(
+                    _record(call, place, label, messages, repair, outcome, started_at, started)
+                )
+
+    async def _attempts(
+        self,
+        call: _Call,
+        runnable: Runnable[Any, Any],
+        label: str,
+        messages: list[BaseMessage],
+        repair: bool,
+        outcome: _Outcome,
+    ) -> str:
         """Stream one answer, retrying transient failures per the retry policy."""
         tags = [f"agent:{call.agent}", f"task:{call.task}"]
         if repair:
@@ -210,8 +285,9 @@ class ModelGateway:
         attempts = max(1, self._retry.attempts)
         last: Exception | None = None
         for attempt in range(1, attempts + 1):
+            outcome.attempts = attempt
             try:
-                return await _stream_text(call.runnable, messages, config)
+                return await _stream_text(runnable, messages, config, outcome)
             except ScribeError:
                 raise
             except Exception as exc:
@@ -225,7 +301,7 @@ class ModelGateway:
                 await self._sleep(self._delay(attempt, last))
         assert last is not None  # the loop ran at least once and only falls through on failure
         raise ModelUnavailable(
-            f"{call.agent} model ({call.label}) unavailable for {call.task} after "
+            f"{call.agent} model ({label}) unavailable for {call.task} after "
             f"{attempts} attempts: {_describe_exception(last)}",
             agent=call.agent,
             task=call.task,
@@ -251,7 +327,8 @@ def model_label(model: BaseChatModel) -> str:
     """A short human label: ``"<model> @ <base url>"``, or ``"offline"``."""
     llm_type = model._llm_type
     if llm_type == OFFLINE_LLM_TYPE:
-        return "offline"
+        variant = getattr(model, "variant", None)
+        return f"offline:{variant}" if variant else "offline"
     name = getattr(model, "model_name", None) or getattr(model, "model", None) or llm_type
     base = _base_url(model)
     return f"{name} @ {base}" if base else str(name)
@@ -273,17 +350,114 @@ def _base_url(model: BaseChatModel) -> str | None:
 # --- streaming ------------------------------------------------------------------------
 
 
+@dataclass
+class _Outcome:
+    """What one logical call produced, filled in as it streams (mutable, call-local)."""
+
+    answer: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    replayed_from: str | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
 async def _stream_text(
-    runnable: Runnable[Any, Any], messages: list[BaseMessage], config: RunnableConfig
+    runnable: Runnable[Any, Any],
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    outcome: _Outcome,
 ) -> str:
     parts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    input_tokens = output_tokens = 0
     async for chunk in runnable.astream(messages, config=config):
         text = getattr(chunk, "text", None)
         if isinstance(text, str):
             parts.append(str(text))
         elif isinstance(chunk, str):
             parts.append(chunk)
-    return "".join(parts)
+        usage = getattr(chunk, "usage_metadata", None)
+        if usage:
+            # Providers report usage once (on the last chunk); summing is safe either way.
+            input_tokens += int(usage.get("input_tokens") or 0)
+            output_tokens += int(usage.get("output_tokens") or 0)
+        for piece in getattr(chunk, "tool_call_chunks", None) or ():
+            tool_calls.append(dict(piece))
+        replayed = (getattr(chunk, "response_metadata", None) or {}).get("replayed_from")
+        if replayed:
+            outcome.replayed_from = str(replayed)
+    outcome.answer = "".join(parts)
+    outcome.input_tokens, outcome.output_tokens = input_tokens, output_tokens
+    outcome.tool_calls = tool_calls
+    return outcome.answer
+
+
+def _message_json(message: BaseMessage) -> dict[str, Any]:
+    role = {"system": "system", "human": "user", "ai": "assistant"}.get(message.type, message.type)
+    return {"role": role, "content": message.content}
+
+
+def _record(
+    call: _Call,
+    place: CallPlace,
+    label: str,
+    messages: list[BaseMessage],
+    repair: bool,
+    outcome: _Outcome,
+    started_at: datetime,
+    started: float,
+) -> ModelCall:
+    structured: dict[str, Any] | None = None
+    if call.structured and outcome.error is None:
+        try:
+            structured = extract_json_object(outcome.answer)
+        except _NoJson:
+            structured = None
+    run_id = place.run_id or ""
+    return ModelCall(
+        call_id=str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"scribe:call:{run_id}:{place.task_id}:{place.index}")
+        ),
+        run_id=run_id,
+        thread_id=place.thread_id or "",
+        checkpoint_id=place.checkpoint_id,
+        task_id=place.task_id,
+        node=place.node,
+        step=place.step,
+        chapter=place.chapter,
+        index=place.index,
+        agent=call.agent,
+        task=call.task,
+        repair=repair,
+        model=label,
+        settings=call.settings,
+        messages=[_message_json(m) for m in messages],
+        # PostgreSQL text cannot hold NUL; a model can emit one.
+        answer=outcome.answer.replace("\x00", "\ufffd"),
+        tool_calls=outcome.tool_calls,
+        input_tokens=outcome.input_tokens,
+        output_tokens=outcome.output_tokens,
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+        cost_usd=None,
+        attempts=outcome.attempts,
+        error=outcome.error.replace("\x00", "\ufffd") if outcome.error else None,
+        started_at=started_at,
+        replayed_from=outcome.replayed_from,
+        structured=structured,
+    )
+
+
+def model_settings(model: BaseChatModel) -> dict[str, Any]:
+    """The model's identifying parameters that are plain JSON values (no secrets)."""
+    settings: dict[str, Any] = {}
+    for key, value in model._identifying_params.items():
+        if "key" in key.lower() or "secret" in key.lower() or key.lower() == "token":
+            continue
+        if value is None or isinstance(value, (str, int, float, bool)):
+            settings[key] = value
+    return settings
 
 
 # --- failure classification -----------------------------------------------------------

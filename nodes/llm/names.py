@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -431,12 +432,20 @@ _GENRE_WORDS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+OFFLINE_VARIANT: ContextVar[str | None] = ContextVar("scribe_offline_variant", default=None)
+"""Set while a variant of the offline model answers (``offline:<variant>``): the variant
+salts every seed, so it answers differently from the plain model, yet deterministically."""
+
+
 def seeded_rng(*parts: Any) -> random.Random:
     """A private random generator seeded by a blake2b digest of ``parts`` (as JSON).
 
     Python's ``hash()`` is salted per process, and the global ``random`` is shared, so
     neither can give the same answer twice across runs.
     """
+    variant = OFFLINE_VARIANT.get()
+    if variant:
+        parts = (variant, *parts)
     payload = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.blake2b(payload.encode("utf-8"), digest_size=16).digest()
     return random.Random(int.from_bytes(digest, "big"))

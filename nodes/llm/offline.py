@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from typing_extensions import override
 
 from nodes import schemas
+from nodes.llm.names import OFFLINE_VARIANT
 from nodes.llm.offline_prose import chapter_changes, chapter_draft, chapter_review
 from nodes.llm.offline_story import chapter_beats, story_plan, world_seed
 from nodes.llm.tasks import TASKS, parse_request
@@ -81,8 +82,10 @@ GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
 }
 
 
-def answer(messages: list[BaseMessage]) -> str:
+def answer(messages: list[BaseMessage], variant: str | None = None) -> str:
     """The offline model's reply to ``messages``: JSON, prose or a short refusal.
+
+    A ``variant`` answers differently (every seed is salted with it), still deterministically.
 
     A repair request (the answer was malformed) gets the same, valid answer again: the
     generators are deterministic and always produce schema-valid output.
@@ -104,7 +107,11 @@ def answer(messages: list[BaseMessage]) -> str:
         return (
             f"The offline model cannot do task {parsed.task!r}: its input is invalid ({problems})."
         )
-    result = GENERATORS[parsed.task](inputs)
+    reset = OFFLINE_VARIANT.set(variant)
+    try:
+        result = GENERATORS[parsed.task](inputs)
+    finally:
+        OFFLINE_VARIANT.reset(reset)
     if isinstance(result, BaseModel):
         return result.model_dump_json()
     return result
@@ -150,6 +157,8 @@ class OfflineChatModel(BaseChatModel):
     tokens_per_second: float | None = None
     """Simulated generation speed; ``None`` means no delay."""
     model_name: str = "offline"
+    variant: str | None = None
+    """``offline:<variant>``: a differently seeded but equally deterministic model."""
 
     @property
     @override
@@ -158,7 +167,11 @@ class OfflineChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "tokens_per_second": self.tokens_per_second}
+        return {
+            "model_name": self.model_name,
+            "variant": self.variant,
+            "tokens_per_second": self.tokens_per_second,
+        }
 
     def _delay(self, tokens: int) -> float:
         if not self.tokens_per_second or self.tokens_per_second <= 0:
@@ -182,7 +195,7 @@ class OfflineChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         """Answer the request in one piece."""
-        text = answer(messages)
+        text = answer(messages, self.variant)
         delay = self._delay(estimate_tokens(text))
         if delay:
             time.sleep(delay)
@@ -197,7 +210,7 @@ class OfflineChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         """Answer the request in one piece, without blocking the event loop on delays."""
-        text = answer(messages)
+        text = answer(messages, self.variant)
         delay = self._delay(estimate_tokens(text))
         if delay:
             await asyncio.sleep(delay)
@@ -227,7 +240,7 @@ class OfflineChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         """Stream the answer word by word."""
-        text = answer(messages)
+        text = answer(messages, self.variant)
         pause = self._delay(1)
         for i, chunk in enumerate(self._chunks(messages, text)):
             if pause and i:
@@ -243,7 +256,7 @@ class OfflineChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """Stream the answer word by word, yielding to the event loop between chunks."""
-        text = answer(messages)
+        text = answer(messages, self.variant)
         pause = self._delay(1)
         for i, chunk in enumerate(self._chunks(messages, text)):
             if i:

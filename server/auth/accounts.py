@@ -10,13 +10,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from memory.auth_tables import ApiKeyRow, UserRow
+from memory.db import utc
 from memory.errors import Conflict
 from server.auth.storage import sql_errors
 
@@ -49,20 +50,13 @@ class ApiKeyRecord:
         return self.revoked_at is not None
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything is written in UTC, so naive means UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def _maybe_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else _utc(value)
+def _maybeutc(value: datetime | None) -> datetime | None:
+    return None if value is None else utc(value)
 
 
 def _user(row: UserRow) -> UserRecord:
     return UserRecord(
-        id=row.id, email=row.email, username=row.username, created_at=_utc(row.created_at)
+        id=row.id, email=row.email, username=row.username, created_at=utc(row.created_at)
     )
 
 
@@ -72,9 +66,9 @@ def _api_key(row: ApiKeyRow) -> ApiKeyRecord:
         user_id=row.user_id,
         name=row.name,
         prefix=row.prefix,
-        created_at=_utc(row.created_at),
-        last_used_at=_maybe_utc(row.last_used_at),
-        revoked_at=_maybe_utc(row.revoked_at),
+        created_at=utc(row.created_at),
+        last_used_at=_maybeutc(row.last_used_at),
+        revoked_at=_maybeutc(row.revoked_at),
     )
 
 

@@ -18,6 +18,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from memory.db import make_engine
 from memory.errors import NotFound, Unauthenticated
 from memory.migrate import upgrade_to_head
@@ -88,19 +90,25 @@ class AuthService:
 
     @classmethod
     async def open(
-        cls, settings: Settings, stack: AsyncExitStack, *, redis: RedisService | None
+        cls,
+        settings: Settings,
+        stack: AsyncExitStack,
+        *,
+        redis: RedisService | None,
+        engine: AsyncEngine | None = None,
     ) -> AuthService:
         """The service for ``settings``: Redis token store and limits when ``redis`` is given.
 
         Resolves the JWT secret (generating it on the embedded default, see
-        :mod:`server.auth.secret`), opens its own engine on the app database (disposed by
-        ``stack``) and applies pending migrations.
+        :mod:`server.auth.secret`), uses ``engine`` on the app database or opens its own
+        (disposed by ``stack``) and applies pending migrations.
         """
         if settings.database_url is None:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         secret = resolve_jwt_secret(settings)
-        engine = make_engine(settings.sql_url)
-        stack.push_async_callback(engine.dispose)
+        if engine is None:
+            engine = make_engine(settings.sql_url)
+            stack.push_async_callback(engine.dispose)
         await upgrade_to_head(engine)
         tokens: TokenStore
         limiter: RateLimiter

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from memory.auth_tables import RefreshFamilyRow, RefreshTokenRow, RevokedAccessTokenRow
+from memory.db import utc
 from server.auth.storage import redis_errors, sql_errors
 from server.redis import RedisService
 
@@ -80,13 +81,6 @@ class TokenStore(ABC):
     @abstractmethod
     async def purge(self, now: datetime) -> None:
         """Forget what expired before ``now`` (Redis does this by itself)."""
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything is written in UTC, so naive means UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 class SqlTokenStore(TokenStore):
@@ -176,7 +170,7 @@ class SqlTokenStore(TokenStore):
                     .values(revoked=True, updated_at=now)
                 )
                 return Rotation("reused", user_id, family_id)
-            if _utc(token_expires) <= now:
+            if utc(token_expires) <= now:
                 return Rotation("expired", user_id, family_id)
             await conn.execute(
                 update(RefreshTokenRow)

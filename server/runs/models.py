@@ -103,6 +103,10 @@ class RunKwargs:
     on_disconnect: Literal["cancel", "continue"] = "continue"
     strict_resume: bool = False
     base: BaseCheckpoint | None = None
+    budget: dict[str, Any] | None = None
+    """``{"max_tokens", "max_cost_usd"}`` (from the run's ``context.budget``)."""
+    replay: dict[str, Any] | None = None
+    """A :class:`~memory.traces.port.ReplaySpec` as JSON: this run replays a recorded one."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON stored in ``runs.kwargs`` (the base checkpoint under a private key)."""
@@ -117,6 +121,8 @@ class RunKwargs:
             "durability": self.durability,
             "on_disconnect": self.on_disconnect,
             "strict_resume": self.strict_resume,
+            "budget": self.budget,
+            "replay": self.replay,
         }
         if self.base is not None:
             data[BASE_KEY] = self.base.to_json()
@@ -138,6 +144,8 @@ class RunKwargs:
             on_disconnect=data.get("on_disconnect") or "continue",
             strict_resume=bool(data.get("strict_resume")),
             base=BaseCheckpoint.from_json(base) if isinstance(base, dict) else None,
+            budget=data.get("budget"),
+            replay=data.get("replay"),
         )
 
     def public_json(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from langgraph.types import StateSnapshot
 
 from graphs.novel import GRAPH_ID
 from memory.errors import Conflict, InvalidInput, NotFound
+from memory.traces.port import ReplaySpec, TracedRun
 from nodes.session import validate_request
 from server.backends import Backends
 from server.redis import RedisService
@@ -44,6 +45,7 @@ from server.runs.serde import dumps, values_with_interrupts
 from server.runs.store import RunStore, ThreadSort
 from server.runs.worker import Worker
 from server.settings import Settings
+from server.tracing import live_from_step, replay_agents
 
 ASSISTANT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, GRAPH_ID))
 """The one assistant's id: LangGraph Server's id for a graph's system assistant."""
@@ -200,6 +202,7 @@ class RunService:
         context = self.backends.context
         await context.world.drop_novel(tid)
         await context.passages.drop_novel(tid)
+        await self.backends.tracing.store.delete_thread(tid)
         with suppress(NotFound):
             await self.backends.store.delete_novel(tid)
 
@@ -325,6 +328,54 @@ class RunService:
         except InvalidInput:
             # An id that cannot exist is simply not found (as LangGraph Server answers).
             raise NotFound("thread", thread_id) from None
+
+    # --- replay -------------------------------------------------------------------------
+
+    async def traced_run(self, owner_id: str, run_id: str) -> TracedRun:
+        """A recorded run of one of the owner's threads; NotFound for anyone else's."""
+        rid = self._rid(run_id)
+        try:
+            traced = await self.backends.tracing.store.get_run(rid)
+        except NotFound:
+            raise NotFound("run", run_id) from None
+        try:
+            await self.store.get_thread(traced.thread_id, owner_id)
+        except NotFound:
+            raise NotFound("run", run_id) from None
+        return traced
+
+    async def replay(
+        self,
+        owner_id: str,
+        run_id: str,
+        *,
+        recorded: Sequence[str] | None = None,
+        live: Sequence[str] | None = None,
+        from_checkpoint_id: str | None = None,
+        stream_mode: Sequence[str] = ("values",),
+    ) -> RunRecord:
+        """Queue a replay of the owner's recorded run on a new thread (see
+        :mod:`server.tracing`); the run record names the new thread."""
+        source = await self.traced_run(owner_id, run_id)
+        spec = ReplaySpec(
+            source_run_id=source.run_id,
+            recorded_agents=replay_agents(recorded, live),
+            live_from_step=await live_from_step(
+                self.backends.checkpointer, source.thread_id, from_checkpoint_id
+            ),
+            from_checkpoint_id=from_checkpoint_id,
+        )
+        view = await self.create_thread(
+            owner_id,
+            metadata={"replay_of_run": source.run_id, "replay_of_thread": source.thread_id},
+        )
+        kwargs = RunKwargs(input={}, stream_mode=tuple(stream_mode), replay=spec.to_json())
+        request = RunRequest(
+            assistant_id=ASSISTANT_ID,
+            kwargs=kwargs,
+            metadata={"replay_of_run": source.run_id},
+        )
+        return await self.create_run(owner_id, view.thread.thread_id, request)
 
     # --- runs ---------------------------------------------------------------------------
 

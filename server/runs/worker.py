@@ -24,7 +24,8 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, Send
 
 from graphs.novel import GRAPH_ID
-from memory.errors import Conflict, NotFound, ScribeError, StorageError
+from memory.errors import BudgetExceeded, Conflict, NotFound, ScribeError, StorageError
+from memory.traces.port import Budget, ReplaySpec, TracedRunStatus
 from server.runs.engine import RunEngine
 from server.runs.gates import check_resume
 from server.runs.models import (
@@ -230,6 +231,18 @@ class Worker:
             publisher.emit("metadata", dumps({"run_id": run.run_id, "attempt": run.attempts}))
         await _sync_novel(engine, run.thread_id, "running")
         graph_input, config = await self._prepare(run)
+        replay = ReplaySpec.from_json(run.kwargs.replay) if run.kwargs.replay else None
+        await engine.backends.tracing.begin(
+            run_id=run.run_id,
+            thread_id=run.thread_id,
+            owner_id=run.owner_id,
+            source="replay" if replay else "api",
+            input=run.kwargs.input,
+            command=run.kwargs.command,
+            start_checkpoint_id=run.kwargs.base.checkpoint_id if run.kwargs.base else None,
+            budget=Budget.from_json(run.kwargs.budget),
+            replay=replay,
+        )
         control.task = asyncio.create_task(
             self._stream(run, graph_input, config, publisher), name=f"graph:{run.run_id}"
         )
@@ -248,6 +261,30 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
         await self._conclude(run, control, control.task, publisher)
+        await self._trace_end(run, control, control.task)
+
+    async def _trace_end(self, run: RunRecord, control: _Control, task: asyncio.Task[None]) -> None:
+        """Record how the run ended in its trace (not when it moves to another worker)."""
+        if control.reason in ("killed", "lost", "shutdown"):
+            self.engine.backends.tracing.recorder.end_run(run.run_id)
+            return
+        status: TracedRunStatus
+        reason: str | None = None
+        if task.cancelled():
+            status, reason = "interrupted", f"cancelled ({control.action or 'interrupt'})"
+        elif (error := task.exception()) is not None:
+            cause = error.error if isinstance(error, _Refused) else error
+            status = "budget_exceeded" if isinstance(cause, BudgetExceeded) else "error"
+            reason = cause.message if isinstance(cause, ScribeError) else str(cause)
+        else:
+            snapshot = await self.engine.backends.graph.aget_state(_thread_config(run.thread_id))
+            status = "interrupted" if snapshot.next else "success"
+        try:
+            await self.engine.backends.tracing.end(run.run_id, status, reason)
+        except NotFound:
+            return  # the thread (and its traces) was deleted meanwhile
+        except ScribeError as exc:
+            log.warning("run %s: trace not finished: %s", run.run_id, exc)
 
     async def _conclude(
         self,
@@ -287,6 +324,18 @@ class Worker:
         if isinstance(error, _RunTimedOut):
             await publisher.close()
             await self._finish_failed(run, "timeout", "TimeoutError", str(error))
+            return
+        if isinstance(error, BudgetExceeded):
+            # Stopped before a model call, at a node boundary: resumable as it stands.
+            await publisher.close()
+            await self._finish_failed(
+                run,
+                "interrupted",
+                "BudgetExceeded",
+                error.message,
+                thread_status=await self._thread_status_now(run.thread_id),
+            )
+            await _sync_novel(self.engine, run.thread_id, "paused")
             return
         if error is not None:
             await publisher.close()
@@ -367,18 +416,30 @@ class Worker:
         modes = list(dict.fromkeys(GRAPH_MODE_OF[m] for m in kwargs.stream_mode))
         timeout = engine.options.run_timeout_s
         scope = asyncio.timeout(timeout)
+        tracing = engine.backends.tracing
+        replay = ReplaySpec.from_json(kwargs.replay) if kwargs.replay else None
+        context = await tracing.context_for(engine.backends.context, replay)
+        inputs: list[Any] = [graph_input]
+        if replay is not None and graph_input is not None:
+            # A replay re-executes the source thread's runs in order; a reclaimed replay
+            # (graph_input None) continues from the thread's head instead.
+            steps = await tracing.replay_steps(replay.source_run_id)
+            inputs = [
+                _command(step.command) if step.command is not None else step.input for step in steps
+            ]
         try:
             async with scope:
-                async for mode, chunk in engine.backends.graph.astream(
-                    graph_input,
-                    config,
-                    context=engine.backends.context,
-                    stream_mode=modes,  # type: ignore[arg-type]
-                    interrupt_before=_nodes(kwargs.interrupt_before),
-                    interrupt_after=_nodes(kwargs.interrupt_after),
-                    durability=kwargs.durability,
-                ):
-                    publisher.emit(str(mode), dumps(_chunk(str(mode), chunk)))
+                for step_input in inputs:
+                    async for mode, chunk in engine.backends.graph.astream(
+                        step_input,
+                        config,
+                        context=context,
+                        stream_mode=modes,  # type: ignore[arg-type]
+                        interrupt_before=_nodes(kwargs.interrupt_before),
+                        interrupt_after=_nodes(kwargs.interrupt_after),
+                        durability=kwargs.durability,
+                    ):
+                        publisher.emit(str(mode), dumps(_chunk(str(mode), chunk)))
         except TimeoutError as exc:
             if scope.expired():
                 raise _RunTimedOut(f"run exceeded its time limit of {timeout:g} s") from exc

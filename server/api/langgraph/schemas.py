@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memory.errors import InvalidInput
 from server.runs.models import RunKwargs, normalise_id
 from server.runs.service import RunRequest, resolve_assistant
+from server.tracing import budget_of
 
 CONFIG_KEYS = frozenset({"tags", "recursion_limit", "configurable", "metadata", "run_name"})
 ThreadStatusName = Literal["idle", "busy", "interrupted", "error"]
@@ -177,8 +178,13 @@ def run_request(thread_id: str, body: RunCreate) -> RunRequest:
         raise refuse("webhook", "webhooks are not supported (no outbound calls)")
     if body.feedback_keys:
         raise refuse("feedback_keys", "feedback is not supported")
-    if body.context:
-        raise refuse("context", "the graph's context is set by the server")
+    context = dict(body.context or {})
+    extra = sorted(set(context) - {"budget"})
+    if extra:
+        raise refuse(
+            f"context.{extra[0]}", "the graph's context is set by the server; only budget is taken"
+        )
+    budget = budget_of(context.get("budget")) if context.get("budget") is not None else None
     if body.on_completion is not None:
         raise refuse("on_completion", "only stateless runs take on_completion")
     if body.langsmith_tracer:
@@ -217,6 +223,7 @@ def run_request(thread_id: str, body: RunCreate) -> RunRequest:
         durability="async" if body.durability == "async" else "sync",
         on_disconnect=body.on_disconnect,
         strict_resume=bool(body.strict_resume),
+        budget=budget.to_json() if budget is not None and budget.limited else None,
     )
     return RunRequest(
         assistant_id=assistant_id,

@@ -29,6 +29,7 @@ from memory.traces.port import (
 from memory.traces.recorder import TraceRecorder
 from nodes.context import ScribeContext
 from nodes.llm.replay import RecordedAnswers, ReplayRouter
+from nodes.llm.trace import CallKey
 from nodes.schemas import AGENTS
 
 
@@ -91,14 +92,30 @@ class RunTracing:
         lineage = await self._lineage(source_run_id)
         return [ReplayStep(r.run_id, r.input, r.command) for r in lineage]
 
-    async def context_for(self, base: ScribeContext, spec: ReplaySpec | None) -> ScribeContext:
-        """``base`` itself, or for a replay a context whose models answer from records."""
+    async def context_for(
+        self,
+        base: ScribeContext,
+        spec: ReplaySpec | None,
+        *,
+        resumed_run_id: str | None = None,
+        head_checkpoint_id: str | None = None,
+    ) -> ScribeContext:
+        """``base`` itself, or for a replay a context whose models answer from records.
+
+        A replay taken over after its worker died (``resumed_run_id``) skips the answers
+        its earlier attempt already used in steps that are checkpointed (all but the one
+        starting from ``head_checkpoint_id``, which is executed again).
+        """
         if spec is None:
             return base
         calls: list[ModelCall] = []
         for run in await self._lineage(spec.source_run_id):
             calls.extend(await self.store.calls(run.run_id))
         answers = RecordedAnswers(calls, spec.source_run_id)
+        if resumed_run_id is not None:
+            for used in await self.store.calls(resumed_run_id):
+                if used.replayed_from and used.checkpoint_id != head_checkpoint_id:
+                    answers.skip(CallKey(used.agent, used.node, used.chapter, used.index))
         router = ReplayRouter(answers, spec.recorded_agents, spec.live_from_step)
         return replace(base, models=base.models.with_tracing(router=router))
 

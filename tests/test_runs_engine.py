@@ -669,3 +669,62 @@ async def test_deleting_a_thread_deletes_the_novel(open_embedded: OpenEngine) ->
     assert not (await context.world.world_as_of(thread_id, 1)).entities
     saver = engine.service.backends.checkpointer
     assert await saver.aget_tuple({"configurable": {"thread_id": thread_id}}) is None
+
+
+# --- replay -------------------------------------------------------------------------------
+
+
+async def test_a_killed_replay_is_finished_by_another_worker(open_embedded: OpenEngine) -> None:
+    """A replay re-executes the source thread's runs (here: a run to the first chapter's
+    gate, then one approval per chapter); killed in the middle, another worker finishes
+    the step it was in from its checkpoint and goes on with the remaining ones, and the
+    result is still the source's book, each chapter once."""
+    engine = await open_embedded(offline_tokens_per_second=SLOW_TPS)
+    first = await engine.worker(worker_id="first")
+    source_thread = str(uuid.uuid4())
+    last = await engine.join(
+        await engine.run(source_thread, input=book(3, pause_after=["chapter"]))
+    )
+    steps = 1
+    while last is not None and last.status == "interrupted":
+        last = await engine.join(
+            await engine.run(source_thread, command={"resume": {"action": "approve"}})
+        )
+        steps += 1
+    assert last is not None and last.status == "success"
+    assert steps >= 3, "the source must have several runs for this test"
+    approved = last
+
+    # The reviewer answers live (the same offline model at its slow rate, so the same
+    # verdicts): recorded answers alone come back too fast to kill the run mid-chapter.
+    replay = await engine.service.replay(engine.owner, approved.run_id, live=["reviewer"])
+    assert replay.thread_id != source_thread
+
+    async def drafting_chapter_two() -> bool:
+        return await engine.chapters(replay.thread_id) == [1]
+
+    await _eventually(drafting_chapter_two)
+    await asyncio.sleep(0.1)
+    await first.kill()
+    assert await engine.chapters(replay.thread_id) == [1], "killed mid-chapter 2"
+
+    await engine.worker(worker_id="second")
+    finished = await engine.join(replay)
+    assert finished is not None
+    assert (finished.status, finished.attempts, finished.worker_id) == ("success", 2, "second")
+
+    store = engine.service.backends.store
+    original = await store.list_chapters(source_thread)
+    replayed = await store.list_chapters(replay.thread_id)
+    assert [c.number for c in replayed] == [1, 2, 3]
+    assert [c.text for c in replayed] == [c.text for c in original]
+    commits: dict[int, int] = {}
+    async for state in engine.service.backends.graph.aget_state_history(
+        {"configurable": {"thread_id": replay.thread_id}}
+    ):
+        if state.next == ("worldsmith_update",):
+            chapter = int(state.values["chapter"])
+            commits[chapter] = commits.get(chapter, 0) + 1
+    assert commits == {1: 1, 2: 1, 3: 1}
+    traced = await engine.service.backends.tracing.store.get_run(replay.run_id)
+    assert traced.status == "success" and traced.source == "replay"

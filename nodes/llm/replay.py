@@ -48,6 +48,10 @@ class RecordedAnswers:
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_key.values())
 
+    def skip(self, key: CallKey) -> None:
+        """Count ``key``'s next answer as already used (by an earlier attempt of the run)."""
+        self._taken[key] += 1
+
     def take(self, key: CallKey | None) -> ModelCall:
         """The next recorded answer for ``key``; :class:`ReplayMissing` when there is none."""
         if key is None:

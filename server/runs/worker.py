@@ -248,7 +248,8 @@ class Worker:
         )
         if control.reason is not None:
             control.task.cancel()  # asked to stop while it was being prepared
-        heartbeat = asyncio.create_task(self._heartbeat(run, control))
+        finished = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(run, control, finished))
         try:
             await asyncio.wait({control.task})
         except asyncio.CancelledError:
@@ -257,7 +258,11 @@ class Worker:
             publisher.abandon()
             raise
         finally:
-            heartbeat.cancel()
+            # Not cancelled (unless dying): a heartbeat cancelled inside its transaction
+            # could leave SQLite's write lock with a connection nobody rolls back.
+            finished.set()
+            if control.reason == "killed":
+                heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
         await self._conclude(run, control, control.task, publisher)
@@ -418,21 +423,43 @@ class Worker:
         scope = asyncio.timeout(timeout)
         tracing = engine.backends.tracing
         replay = ReplaySpec.from_json(kwargs.replay) if kwargs.replay else None
-        context = await tracing.context_for(engine.backends.context, replay)
         inputs: list[Any] = [graph_input]
-        if replay is not None and graph_input is not None:
-            # A replay re-executes the source thread's runs in order; a reclaimed replay
-            # (graph_input None) continues from the thread's head instead.
-            steps = await tracing.replay_steps(replay.source_run_id)
-            inputs = [
-                _command(step.command) if step.command is not None else step.input for step in steps
+        first = 0
+        context = engine.backends.context
+        if replay is not None:
+            # A replay re-executes the source thread's runs in order. Each step's index is
+            # in its checkpoints' metadata, so a reclaimed replay (graph_input None: it
+            # wrote checkpoints) finishes the step it was in and goes on from there.
+            steps = [
+                _command(step.command) if step.command is not None else step.input
+                for step in await tracing.replay_steps(replay.source_run_id)
             ]
+            inputs = steps
+            resumed: str | None = None
+            head_checkpoint: str | None = None
+            if graph_input is None:
+                head = await engine.backends.graph.aget_state(_thread_config(run.thread_id))
+                done = (head.metadata or {}).get(REPLAY_STEP_KEY)
+                first = int(done) if isinstance(done, int) else 0
+                inputs = [None, *steps[first + 1 :]]
+                resumed = run.run_id
+                head_checkpoint = (head.config.get("configurable") or {}).get("checkpoint_id")
+            context = await tracing.context_for(
+                context, replay, resumed_run_id=resumed, head_checkpoint_id=head_checkpoint
+            )
         try:
             async with scope:
-                for step_input in inputs:
+                for offset, step_input in enumerate(inputs):
+                    step_config = config
+                    if replay is not None:
+                        metadata = {
+                            **(config.get("metadata") or {}),
+                            REPLAY_STEP_KEY: first + offset,
+                        }
+                        step_config = {**config, "metadata": metadata}
                     async for mode, chunk in engine.backends.graph.astream(
                         step_input,
-                        config,
+                        step_config,
                         context=context,
                         stream_mode=modes,  # type: ignore[arg-type]
                         interrupt_before=_nodes(kwargs.interrupt_before),
@@ -445,12 +472,16 @@ class Worker:
                 raise _RunTimedOut(f"run exceeded its time limit of {timeout:g} s") from exc
             raise
 
-    async def _heartbeat(self, run: RunRecord, control: _Control) -> None:
+    async def _heartbeat(self, run: RunRecord, control: _Control, finished: asyncio.Event) -> None:
         options = self.engine.options
         loop = asyncio.get_running_loop()
         renewed = loop.time()
         while True:
-            await asyncio.sleep(options.heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(options.heartbeat_s):
+                    await finished.wait()
+            if finished.is_set():
+                return
             try:
                 beat = await self.engine.store.heartbeat(
                     run.run_id, self.worker_id, options.lease_s
@@ -527,6 +558,10 @@ class Worker:
             await self.engine.bus.publish(run_id, [("end", "null")])
         except ScribeError as exc:
             log.warning("run %s ended (%s) but its end event was lost: %s", run_id, status, exc)
+
+
+REPLAY_STEP_KEY = "replay_step"
+"""Checkpoint metadata of a replay run: which of the source's runs wrote the checkpoint."""
 
 
 class _RunTimedOut(Exception):

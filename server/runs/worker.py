@@ -333,6 +333,7 @@ class Worker:
         if isinstance(error, BudgetExceeded):
             # Stopped before a model call, at a node boundary: resumable as it stands.
             await publisher.close()
+            await _sync_novel(self.engine, run.thread_id, "paused")
             await self._finish_failed(
                 run,
                 "interrupted",
@@ -340,7 +341,6 @@ class Worker:
                 error.message,
                 thread_status=await self._thread_status_now(run.thread_id),
             )
-            await _sync_novel(self.engine, run.thread_id, "paused")
             return
         if error is not None:
             await publisher.close()
@@ -352,8 +352,9 @@ class Worker:
         status: RunStatus = "interrupted" if snapshot.interrupts or paused else "success"
         thread_status: ThreadStatus = "interrupted" if paused else "idle"
         await publisher.close()
+        # The novel's status first: whoever sees the run finished sees the novel in step.
+        await _sync_novel(self.engine, run.thread_id, "paused" if paused else None)
         if await self.engine.store.finish(run.run_id, self.worker_id, status, thread_status):
-            await _sync_novel(self.engine, run.thread_id, "paused" if paused else None)
             await self._end(run.run_id, status)
 
     async def _prepare(self, run: RunRecord) -> tuple[Any, RunnableConfig]:
@@ -523,8 +524,8 @@ class Worker:
                 await self._end(run.run_id, "rolled_back")
             return
         status = await self._thread_status_after_stop(run.thread_id)
+        await _sync_novel(engine, run.thread_id, "paused")
         if await engine.store.finish(run.run_id, self.worker_id, "interrupted", status):
-            await _sync_novel(engine, run.thread_id, "paused")
             await self._end(run.run_id, "interrupted")
 
     async def _thread_status_now(self, thread_id: str) -> ThreadStatus:
@@ -542,12 +543,12 @@ class Worker:
     ) -> None:
         """End the run as failed; the thread goes to ``error`` unless told otherwise."""
         engine = self.engine
+        if thread_status is None:
+            await _sync_novel(engine, run.thread_id, "failed", f"{name}: {message}")
         owned = await engine.store.finish(
             run.run_id, self.worker_id, status, thread_status or "error", error=f"{name}: {message}"
         )
         if owned:
-            if thread_status is None:
-                await _sync_novel(engine, run.thread_id, "failed", f"{name}: {message}")
             await engine.bus.publish(
                 run.run_id, [("error", dumps({"error": name, "message": message}))]
             )

@@ -77,6 +77,18 @@ class ModelOutputError(ModelError):
     code = "model_output_invalid"
 
 
+class ModelRefused(ModelOutputError):
+    """The model kept refusing the task (or answering nothing) through every re-ask."""
+
+    code = "model_refused"
+
+
+class ContextOverflow(ModelError):
+    """A prompt cannot fit the agent's context window even with its optional parts cut."""
+
+    code = "model_context_overflow"
+
+
 class ModelUnavailable(ModelError):
     """Transient failures (429, 5xx, timeouts) persisted through every retry."""
 

@@ -30,6 +30,56 @@ def outline_problems(plan: StoryPlan, chapters: int) -> list[str]:
     return []
 
 
+def plan_constraints(chapters: int) -> dict[str, dict[str, Any]]:
+    """Schema narrowing for constrained decoding: exactly ``chapters`` outline entries."""
+    return {
+        "outline": {"minItems": chapters, "maxItems": chapters},
+        "outline[].number": {"minimum": 1, "maximum": chapters},
+    }
+
+
+def renumbered(plan: StoryPlan, chapters: int) -> StoryPlan:
+    """A plan with the right number of entries but wrong numbers, numbered 1..n in order
+    (small models restart or skip numbers; the order of the entries is the outline)."""
+    if len(plan.outline) != chapters:
+        return plan
+    outline = [c.model_copy(update={"number": n}) for n, c in enumerate(plan.outline, 1)]
+    return plan.model_copy(update={"outline": outline})
+
+
+def beats_constraints(
+    chapter: int, names: list[str], setups: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Schema narrowing: this chapter's number, living characters only, known set-ups."""
+    narrowed: dict[str, dict[str, Any]] = {"chapter": {"enum": [chapter]}}
+    if names:
+        narrowed["pov"] = {"enum": names}
+        narrowed["characters[]"] = {"enum": names}
+    for field in ("plant", "payoff"):
+        narrowed[field] = {"maxItems": len(setups)} if setups else {"maxItems": 0}
+        if setups:
+            narrowed[f"{field}[]"] = {"enum": setups}
+    return narrowed
+
+
+def mended_beats(
+    beats: ChapterBeats, chapter: int, living: set[str], setups: set[str]
+) -> ChapterBeats:
+    """Beats with what cannot stand removed: another chapter's number corrected, dead or
+    unknown characters and unknown set-up keys left out (the prose is then checked)."""
+    characters = [n for n in beats.characters if n.strip().lower() in living]
+    pov = beats.pov if beats.pov.strip().lower() in living or not characters else characters[0]
+    return beats.model_copy(
+        update={
+            "chapter": chapter,
+            "pov": pov,
+            "characters": characters or [pov],
+            "plant": [k for k in beats.plant if k in setups],
+            "payoff": [k for k in beats.payoff if k in setups],
+        }
+    )
+
+
 def beats_problems(
     beats: ChapterBeats, chapter: int, living: set[str], setups: set[str]
 ) -> list[str]:
@@ -66,6 +116,8 @@ async def director_plan(state: NovelState, runtime: Runtime[ScribeContext]) -> d
         ),
         StoryPlan,
         check=lambda p: outline_problems(p, chapters),
+        constraints=plan_constraints(chapters),
+        salvage=lambda p: renumbered(p, chapters),
     )
     await ctx.store.update_novel(novel_id, title=plan.bible.title)
     progress(runtime, "director", "planned", title=plan.bible.title)
@@ -87,9 +139,11 @@ async def director_beats(state: NovelState, runtime: Runtime[ScribeContext]) -> 
     snapshot = await ctx.world.world_as_of(novel_id, chapter)
     brief = world_brief(snapshot, include_dead=False)
     living: set[str] = set()
+    names: list[str] = []
     for character in brief.characters:
         living.add(character.name.lower())
         living.update(alias.lower() for alias in character.aliases)
+        names.extend([character.name, *character.aliases])
     setups = {s.key for s in brief.open_setups}
     beats = await ctx.models.structured(
         "chapter_beats",
@@ -104,6 +158,8 @@ async def director_beats(state: NovelState, runtime: Runtime[ScribeContext]) -> 
         ),
         ChapterBeats,
         check=lambda b: beats_problems(b, chapter, living, setups),
+        constraints=beats_constraints(chapter, names, sorted(setups)),
+        salvage=lambda b: mended_beats(b, chapter, living, setups),
     )
     return {
         "beats": beats.model_dump(),

@@ -37,6 +37,17 @@ def quote_problems(verdict: Verdict, draft: str) -> list[str]:
     ]
 
 
+def grounded(verdict: Verdict, draft: str) -> Verdict:
+    """The verdict without issues whose quote is not in the draft.
+
+    Used once the repair round is spent: an issue that cannot point at the draft is the
+    model's invention, and a verdict's scores and summary stay usable without it.
+    """
+    return verdict.model_copy(
+        update={"issues": [issue for issue in verdict.issues if issue.quote in draft]}
+    )
+
+
 async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
     """Review the current draft; the decision goes into state for routing."""
     ctx = runtime.context
@@ -65,6 +76,7 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
         ),
         Verdict,
         check=lambda v: quote_problems(v, draft),
+        salvage=lambda v: grounded(v, draft),
     )
     verdict = with_findings(verdict, findings)
     decision = decide(

@@ -8,7 +8,7 @@ them to world-memory keys.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,20 @@ AGENTS: tuple[Agent, ...] = ("director", "worldsmith", "writer", "reviewer")
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+# Bounds on every answer field: they are sent to endpoints that constrain decoding to the
+# schema, so a small model cannot ramble inside one string or list until it runs out of
+# tokens, and they are what validation enforces.
+Name = Annotated[str, Field(min_length=1, max_length=120)]
+"""A name of a character, place, thing or set-up, as the model writes it."""
+Phrase = Annotated[str, Field(min_length=1, max_length=200)]
+Names = Annotated[list[Name], Field(max_length=12)]
+Attributes = Annotated[
+    dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=200)]],
+    Field(max_length=12),
+]
+"""Short ``snake_case`` attribute names with short plain values."""
 
 
 # --- director: story plan -------------------------------------------------------------
@@ -31,13 +45,13 @@ class StoryBible(_Model):
     genre: str = Field(min_length=1, max_length=80)
     tone: str = Field(min_length=1, max_length=200)
     point_of_view: str = Field(min_length=1, max_length=120)
-    themes: list[str] = Field(min_length=1, max_length=8)
+    themes: list[Phrase] = Field(min_length=1, max_length=8)
 
 
 class ChapterOutline(_Model):
     """One chapter of the outline."""
 
-    number: int = Field(ge=1)
+    number: int = Field(ge=1, le=1000)
     title: str = Field(min_length=1, max_length=200)
     summary: str = Field(min_length=1, max_length=1200)
 
@@ -57,7 +71,7 @@ class StoryPlan(_Model):
     """Director answer: bible and outline (exactly ``chapters`` entries, numbered 1..n)."""
 
     bible: StoryBible
-    outline: list[ChapterOutline] = Field(min_length=1)
+    outline: list[ChapterOutline] = Field(min_length=1, max_length=1000)
 
 
 # --- worldsmith: world seed ----------------------------------------------------------
@@ -66,34 +80,34 @@ class StoryPlan(_Model):
 class CharacterSeed(_Model):
     """A character of the seeded world."""
 
-    name: str = Field(min_length=1, max_length=120)
-    aliases: list[str] = Field(default_factory=list)
+    name: Name
+    aliases: list[Name] = Field(default_factory=list, max_length=6)
     role: str = Field(default="", max_length=120)
     description: str = Field(default="", max_length=800)
-    fixed: dict[str, str] = Field(default_factory=dict)
+    fixed: Attributes = Field(default_factory=dict)
     """Attributes that never change, e.g. {"species": "human", "eye_colour": "grey"}."""
-    mutable: dict[str, str] = Field(default_factory=dict)
+    mutable: Attributes = Field(default_factory=dict)
     """Attributes that may change, e.g. {"status": "alive", "occupation": "smuggler"}."""
-    location: str | None = None
+    location: Name | None = None
     """Name of the location where the character starts."""
-    faction: str | None = None
+    faction: Name | None = None
 
 
 class PlaceSeed(_Model):
     """A location, faction, item or rule of the seeded world."""
 
-    name: str = Field(min_length=1, max_length=120)
-    aliases: list[str] = Field(default_factory=list)
+    name: Name
+    aliases: list[Name] = Field(default_factory=list, max_length=6)
     description: str = Field(default="", max_length=800)
-    fixed: dict[str, str] = Field(default_factory=dict)
+    fixed: Attributes = Field(default_factory=dict)
 
 
 class RelationSeed(_Model):
     """A relationship between two named entities, e.g. ("Mara", "sibling_of", "Tobin")."""
 
-    subject: str
+    subject: Name
     type: str = Field(pattern=r"^[a-z][a-z_]{1,40}$")
-    object: str
+    object: Name
 
 
 class SetupSeed(_Model):
@@ -101,9 +115,9 @@ class SetupSeed(_Model):
 
     key: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,60}$")
     description: str = Field(min_length=1, max_length=400)
-    plant_chapter: int = Field(ge=1)
-    payoff_chapter: int = Field(ge=1)
-    entities: list[str] = Field(default_factory=list)
+    plant_chapter: int = Field(ge=1, le=1000)
+    payoff_chapter: int = Field(ge=1, le=1000)
+    entities: Names = Field(default_factory=list)
 
 
 class WorldSeedInput(_Model):
@@ -117,13 +131,13 @@ class WorldSeedInput(_Model):
 class WorldSeed(_Model):
     """Worldsmith answer: the world before chapter 1."""
 
-    characters: list[CharacterSeed] = Field(min_length=1)
-    locations: list[PlaceSeed] = Field(min_length=1)
-    factions: list[PlaceSeed] = Field(default_factory=list)
-    items: list[PlaceSeed] = Field(default_factory=list)
-    rules: list[PlaceSeed] = Field(default_factory=list)
-    relationships: list[RelationSeed] = Field(default_factory=list)
-    setups: list[SetupSeed] = Field(default_factory=list)
+    characters: list[CharacterSeed] = Field(min_length=1, max_length=24)
+    locations: list[PlaceSeed] = Field(min_length=1, max_length=24)
+    factions: list[PlaceSeed] = Field(default_factory=list, max_length=12)
+    items: list[PlaceSeed] = Field(default_factory=list, max_length=16)
+    rules: list[PlaceSeed] = Field(default_factory=list, max_length=12)
+    relationships: list[RelationSeed] = Field(default_factory=list, max_length=48)
+    setups: list[SetupSeed] = Field(default_factory=list, max_length=24)
 
 
 # --- shared world brief ---------------------------------------------------------------
@@ -174,16 +188,16 @@ class Beat(_Model):
     """One step of a chapter."""
 
     summary: str = Field(min_length=1, max_length=600)
-    characters: list[str] = Field(default_factory=list)
-    location: str | None = None
+    characters: Names = Field(default_factory=list)
+    location: Name | None = None
 
 
 class PlannedEvent(_Model):
     """A change the chapter is meant to make to the world."""
 
     kind: Literal["move", "learn", "death", "meet", "reveal"]
-    character: str
-    target: str = ""
+    character: Name
+    target: str = Field(default="", max_length=200)
     """Destination (move), what is learned/revealed, or whom they meet."""
 
 
@@ -202,17 +216,17 @@ class BeatsInput(_Model):
 class ChapterBeats(_Model):
     """Director answer: the plan of one chapter."""
 
-    chapter: int = Field(ge=1)
+    chapter: int = Field(ge=1, le=1000)
     title: str = Field(min_length=1, max_length=200)
-    pov: str = Field(min_length=1)
-    location: str = Field(min_length=1)
-    characters: list[str] = Field(min_length=1)
+    pov: Name
+    location: Name
+    characters: Names = Field(min_length=1)
     beats: list[Beat] = Field(min_length=1, max_length=12)
-    plant: list[str] = Field(default_factory=list)
+    plant: Names = Field(default_factory=list)
     """Keys of set-ups planted in this chapter."""
-    payoff: list[str] = Field(default_factory=list)
+    payoff: Names = Field(default_factory=list)
     """Keys of set-ups paid off in this chapter."""
-    events: list[PlannedEvent] = Field(default_factory=list)
+    events: list[PlannedEvent] = Field(default_factory=list, max_length=12)
 
 
 # --- writer ---------------------------------------------------------------------------
@@ -296,30 +310,30 @@ class Verdict(_Model):
 class NewEntity(_Model):
     """An entity that first appears in the chapter."""
 
-    name: str = Field(min_length=1, max_length=120)
+    name: Name
     kind: Literal["character", "location", "faction", "item", "rule", "event"]
     description: str = Field(default="", max_length=800)
-    aliases: list[str] = Field(default_factory=list)
+    aliases: list[Name] = Field(default_factory=list, max_length=6)
 
 
 class Move(_Model):
     """A character who ends the chapter somewhere else."""
 
-    character: str
-    location: str
+    character: Name
+    location: Name
 
 
 class Learned(_Model):
     """Something a character learns in the chapter."""
 
-    character: str
+    character: Name
     fact: str = Field(min_length=1, max_length=400)
 
 
 class AttributeChange(_Model):
     """A mutable attribute that changes in the chapter."""
 
-    entity: str
+    entity: Name
     attribute: str = Field(pattern=r"^[a-z][a-z_]{0,40}$")
     value: str = Field(min_length=1, max_length=200)
 
@@ -327,9 +341,9 @@ class AttributeChange(_Model):
 class RelationChange(_Model):
     """A relationship that starts (or, with ``ended``, stops) in the chapter."""
 
-    subject: str
+    subject: Name
     type: str = Field(pattern=r"^[a-z][a-z_]{1,40}$")
-    object: str
+    object: Name
     ended: bool = False
 
 
@@ -346,11 +360,11 @@ class ChapterChanges(_Model):
     """Worldsmith answer: what the accepted chapter changed in the world."""
 
     summary: str = Field(min_length=1, max_length=800)
-    new_entities: list[NewEntity] = Field(default_factory=list)
-    moves: list[Move] = Field(default_factory=list)
-    learned: list[Learned] = Field(default_factory=list)
-    deaths: list[str] = Field(default_factory=list)
-    attributes: list[AttributeChange] = Field(default_factory=list)
-    relationships: list[RelationChange] = Field(default_factory=list)
-    paid_off: list[str] = Field(default_factory=list)
-    planted: list[str] = Field(default_factory=list)
+    new_entities: list[NewEntity] = Field(default_factory=list, max_length=16)
+    moves: list[Move] = Field(default_factory=list, max_length=16)
+    learned: list[Learned] = Field(default_factory=list, max_length=16)
+    deaths: Names = Field(default_factory=list)
+    attributes: list[AttributeChange] = Field(default_factory=list, max_length=24)
+    relationships: list[RelationChange] = Field(default_factory=list, max_length=24)
+    paid_off: Names = Field(default_factory=list)
+    planted: Names = Field(default_factory=list)

@@ -57,6 +57,30 @@ def seed_problems(seed: WorldSeed, chapters: int) -> list[str]:
     return problems
 
 
+def seed_constraints(chapters: int) -> dict[str, dict[str, Any]]:
+    """Schema narrowing for constrained decoding: set-ups within the book's chapters."""
+    return {
+        "setups[].plant_chapter": {"minimum": 1, "maximum": chapters},
+        "setups[].payoff_chapter": {"minimum": 1, "maximum": chapters},
+    }
+
+
+def mended_seed(seed: WorldSeed, chapters: int) -> WorldSeed:
+    """A seed whose start locations name no location of its own lose them (the character
+    is then nowhere in particular), and whose impossible set-ups are left out."""
+    places = {p.name.lower() for p in seed.locations} | {
+        a.lower() for p in seed.locations for a in p.aliases
+    }
+    characters = [
+        c
+        if not c.location or c.location.lower() in places
+        else c.model_copy(update={"location": None})
+        for c in seed.characters
+    ]
+    setups = [s for s in seed.setups if 1 <= s.plant_chapter <= s.payoff_chapter <= chapters]
+    return seed.model_copy(update={"characters": characters, "setups": setups})
+
+
 def seed_to_changes(seed: WorldSeed) -> WorldChanges:
     """The seeded world as one batch of world-memory changes."""
     entities: list[EntitySpec] = []
@@ -188,6 +212,8 @@ async def worldsmith_seed(state: NovelState, runtime: Runtime[ScribeContext]) ->
         ),
         WorldSeed,
         check=lambda s: seed_problems(s, chapters),
+        constraints=seed_constraints(chapters),
+        salvage=lambda s: mended_seed(s, chapters),
     )
     await ctx.world.retract_chapter(novel_id, SEED_CHAPTER)
     result = await ctx.world.apply(novel_id, SEED_CHAPTER, seed_to_changes(seed))

@@ -9,6 +9,7 @@ from langgraph.runtime import Runtime
 from graphs.state import NovelState
 from nodes.common import novel_id_of, progress, stable_id
 from nodes.context import ScribeContext
+from nodes.llm.answers import word_count
 from nodes.schemas import ChapterBeats, DraftInput, RetrievedPassage, ReviewIssue, StoryBible
 from nodes.world_view import world_brief
 
@@ -77,6 +78,7 @@ async def writer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str
             issues=issues,
             notes=notes,
         ),
+        target_words=ctx.options.words_per_chapter,
     )
     version = await ctx.store.save_version(
         draft_version_id(
@@ -92,6 +94,6 @@ async def writer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str
         text,
     )
     progress(
-        runtime, "writer", "drafted", chapter=chapter, revision=revision, words=len(text.split())
+        runtime, "writer", "drafted", chapter=chapter, revision=revision, words=word_count(text)
     )
     return {"draft_id": version.id, "drafts": drafts + 1}

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memory.errors import ConfigurationError
 from nodes.llm.config import ModelConfig, RetryPolicy
+from nodes.llm.structured import StructuredSetting
 from nodes.schemas import AGENTS, Agent
 
 OFFLINE = "offline"
@@ -35,6 +36,8 @@ class AgentModelSettings(BaseModel):
     api_key: SecretStr | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=16, le=200_000)
+    structured_output: StructuredSetting | None = None
+    context_window: int | None = Field(default=None, ge=512, le=10_000_000)
 
 
 class ModelPriceSettings(BaseModel):
@@ -116,7 +119,12 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=4096, ge=16, le=200_000)
     model_timeout_s: float = Field(default=120.0, gt=0)
     model_retries: int = Field(default=4, ge=1, le=10)
-    json_mode: bool = False
+    structured_output: StructuredSetting = "auto"
+    """How structured answers are asked for: ``json_schema`` (constrained decoding),
+    ``json_object``, ``prompt``, or ``auto`` (``json_object`` on DeepSeek's API,
+    ``json_schema`` elsewhere)."""
+    context_window: int | None = Field(default=None, ge=512, le=10_000_000)
+    """The model's context window in tokens; prompts are cut to fit it. Unset: no limit."""
     offline_tokens_per_second: float | None = Field(default=None, gt=0)
     """Slow the offline model to a fixed streaming rate (benchmarks, crash tests)."""
     model_prices: dict[str, ModelPriceSettings] = Field(default_factory=dict)
@@ -209,7 +217,8 @@ class Settings(BaseSettings):
             temperature=own.temperature if own.temperature is not None else self.temperature,
             max_tokens=own.max_tokens or self.max_tokens,
             timeout_s=self.model_timeout_s,
-            json_mode=self.json_mode,
+            structured_output=own.structured_output or self.structured_output,
+            context_window=own.context_window or self.context_window,
         )
 
     @property

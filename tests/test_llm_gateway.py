@@ -21,18 +21,22 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
 from memory.errors import (
     ConfigurationError,
+    ContextOverflow,
     InvalidInput,
     ModelError,
     ModelOutputError,
+    ModelRefused,
     ModelUnavailable,
 )
+from nodes.llm.answers import word_count
+from nodes.llm.budget import prompt_tokens
 from nodes.llm.config import ModelConfig, RetryPolicy
 from nodes.llm.factory import build_chat_model, build_gateway
 from nodes.llm.gateway import ModelGateway, classify_failure, retry_after_seconds
@@ -41,6 +45,7 @@ from nodes.schemas import (
     Beat,
     ChapterBeats,
     DraftInput,
+    RetrievedPassage,
     ReviewInput,
     StoryBible,
     Verdict,
@@ -67,6 +72,8 @@ class Reply:
     drop: bool = False
     """Close the connection right after the first content chunk."""
     chunk_size: int = 7
+    finish: str = "stop"
+    """The ``finish_reason`` of the last chunk (``"length"``: cut off at max_tokens)."""
 
 
 class FakeOpenAI:
@@ -203,7 +210,7 @@ class FakeOpenAI:
                 return  # close without the terminating chunk: a dropped connection
             if number == 0 and reply.stall and not await self._pause(reply.stall):
                 return
-        send(chunk({}, "stop"))
+        send(chunk({}, reply.finish))
         if payload.get("stream_options", {}).get("include_usage"):
             usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
             send({**chunk({}), "choices": [], "usage": usage})
@@ -407,21 +414,23 @@ async def test_malformed_answer_is_repaired_once(
     assert "only the corrected JSON object" in repair[3]["content"]
 
 
-async def test_malformed_twice_raises_model_output_error(server: FakeOpenAI) -> None:
-    server.script(Reply(text=verdict_json(prose=11)), Reply(text=verdict_json(prose=12)))
+async def test_malformed_thrice_raises_model_output_error(server: FakeOpenAI) -> None:
+    server.script(
+        Reply(text=verdict_json(prose=11)),
+        Reply(text=verdict_json(prose=12)),
+        Reply(text=verdict_json(prose=12)),
+    )
 
     with pytest.raises(ModelOutputError) as caught:
         await gateway(server, SleepRecorder()).structured("chapter_review", review_input(), Verdict)
 
     error = caught.value
-    assert str(error).startswith(
-        "reviewer returned an invalid chapter_review answer after one repair attempt"
-    )
+    assert str(error).startswith("reviewer returned an invalid chapter_review answer after 3")
     assert "scores.prose: Input should be less than or equal to 10" in str(error)
     assert error.agent == "reviewer"
     assert error.data["task"] == "chapter_review"
     assert error.data["errors"] == ["scores.prose: Input should be less than or equal to 10"]
-    assert len(server.requests) == 2
+    assert len(server.requests) == 3
 
 
 async def test_check_problem_triggers_repair(server: FakeOpenAI) -> None:
@@ -442,7 +451,11 @@ async def test_check_problem_triggers_repair(server: FakeOpenAI) -> None:
 
 
 async def test_check_problem_persisting_raises(server: FakeOpenAI) -> None:
-    server.script(Reply(text=verdict_json(quote="nope")), Reply(text=verdict_json(quote="nah")))
+    server.script(
+        Reply(text=verdict_json(quote="nope")),
+        Reply(text=verdict_json(quote="nah")),
+        Reply(text=verdict_json(quote="nah")),
+    )
 
     with pytest.raises(ModelOutputError) as caught:
         await gateway(server, SleepRecorder()).structured(
@@ -656,7 +669,10 @@ async def test_cancellation_propagates_untouched(server: FakeOpenAI) -> None:
 
 
 async def test_prose_streams_the_full_text(server: FakeOpenAI) -> None:
-    text = "The lamp had been dark for nine winters.\n\nMara climbed anyway. " * 5
+    text = (
+        "The lamp had been dark for nine winters.\n\nMara climbed anyway, counting the "
+        "steps aloud the way her father had. At the top the glass was furred with salt."
+    )
     server.script(Reply(text=text, chunk_size=3))
 
     answer = await gateway(server, SleepRecorder()).prose("chapter_draft", draft_input())
@@ -673,12 +689,13 @@ async def test_empty_prose_is_repaired_then_rejected(server: FakeOpenAI) -> None
     gw = gateway(server, SleepRecorder())
 
     assert await gw.prose("chapter_draft", draft_input()) == "Now with words."
-    assert "empty" in server.messages(1)[-1]["content"]
+    assert "seed" not in server.requests[0]
+    assert isinstance(server.requests[1]["seed"], int)  # asked again with another seed
 
-    server.script(Reply(text=""), Reply(text="<think>hmm</think>\n"))
-    with pytest.raises(ModelOutputError, match="writer returned an empty chapter_draft answer"):
+    server.script(Reply(text=""), Reply(text="<think>hmm</think>\n"), Reply(text=" "))
+    with pytest.raises(ModelRefused, match="writer gave no usable chapter_draft answer after 3"):
         await gw.prose("chapter_draft", draft_input())
-    assert len(server.requests) == 4
+    assert len(server.requests) == 5
 
 
 async def test_wrong_task_kind_or_input_is_rejected(server: FakeOpenAI) -> None:
@@ -823,17 +840,193 @@ async def test_offline_agents_and_non_openai_models(server: FakeOpenAI) -> None:
     assert server.requests == []
 
 
-async def test_json_mode_is_bound_to_structured_calls_only(server: FakeOpenAI) -> None:
-    json_config = config(server, json_mode=True)
+async def test_structured_modes_bind_response_format_to_structured_calls_only(
+    server: FakeOpenAI,
+) -> None:
+    for mode, expected in (("json_object", "json_object"), ("json_schema", "json_schema")):
+        gw = build_gateway(
+            dict.fromkeys(
+                ("director", "worldsmith", "writer", "reviewer"),
+                config(server, structured_output=mode),
+            ),
+            RETRY,
+        )
+        server.requests.clear()
+        server.script(Reply(text=verdict_json(summary="JSON.")), Reply(text="Prose stays free."))
+
+        verdict = await gw.structured("chapter_review", review_input(), Verdict)
+        prose = await gw.prose("chapter_draft", draft_input())
+
+        assert verdict.summary == "JSON."
+        assert prose == "Prose stays free."
+        sent = server.requests[0]["response_format"]
+        assert sent["type"] == expected
+        assert "response_format" not in server.requests[1]
+    schema = sent["json_schema"]["schema"]
+    assert schema["properties"]["scores"]["properties"]["prose"] == {
+        "maximum": 10,
+        "minimum": 1,
+        "type": "integer",
+    }
+    assert schema["additionalProperties"] is False
+    assert sent["json_schema"]["strict"] is True
+
+
+# --- what real models do -------------------------------------------------------------
+
+
+def distinct_prose(words: int, *, paragraph_every: int = 5) -> str:
+    """Prose of about ``words`` words in which no sentence or long word run repeats."""
+    sentences = []
+    for i in range(words // 8 + 1):
+        sentences.append(f"Wave {i} broke on stone number {i * 7 + 3} near the lamp.")
+        if i % paragraph_every == paragraph_every - 1:
+            sentences.append("\n\n")
+    return " ".join(sentences).replace(" \n\n ", "\n\n").strip()
+
+
+async def test_refused_json_schema_steps_down_once(server: FakeOpenAI) -> None:
     gw = build_gateway(
-        dict.fromkeys(("director", "worldsmith", "writer", "reviewer"), json_config), RETRY
+        dict.fromkeys(
+            ("director", "worldsmith", "writer", "reviewer"),
+            config(server, structured_output="json_schema"),
+        ),
+        RETRY,
     )
-    server.script(Reply(text=verdict_json(summary="JSON mode.")), Reply(text="Prose stays free."))
+    server.script(
+        Reply(status=400, error="'response_format' of type 'json_schema' is not supported"),
+        Reply(text=verdict_json(summary="Fell back.")),
+        Reply(text=verdict_json(summary="Stayed back.")),
+    )
 
-    verdict = await gw.structured("chapter_review", review_input(), Verdict)
-    prose = await gw.prose("chapter_draft", draft_input())
+    first = await gw.structured("chapter_review", review_input(), Verdict)
+    second = await gw.with_tracing().structured("chapter_review", review_input(), Verdict)
 
-    assert verdict.summary == "JSON mode."
-    assert prose == "Prose stays free."
-    assert server.requests[0]["response_format"] == {"type": "json_object"}
-    assert "response_format" not in server.requests[1]
+    assert (first.summary, second.summary) == ("Fell back.", "Stayed back.")
+    assert [r["response_format"]["type"] for r in server.requests] == [
+        "json_schema",
+        "json_object",
+        "json_object",
+    ]
+    assert gw.mode_for("reviewer") == "json_object"
+    assert gw.mode_for("writer") == "json_schema"  # only the agent that was refused
+
+
+async def test_structured_answer_cut_off_is_asked_again_briefly(server: FakeOpenAI) -> None:
+    server.script(
+        Reply(text='{"scores": {"prose": 7, "coherence"', finish="length"),
+        Reply(text=verdict_json(summary="Short now.")),
+    )
+
+    verdict = await gateway(server, SleepRecorder()).structured(
+        "chapter_review", review_input(), Verdict
+    )
+
+    assert verdict.summary == "Short now."
+    assert len(server.messages(1)) == 2  # asked afresh, not a repair conversation
+    assert "cut off at the length limit" in server.messages(1)[-1]["content"]
+
+
+async def test_refusal_is_asked_again_then_reported(server: FakeOpenAI) -> None:
+    story = distinct_prose(60)
+    server.script(Reply(text="I will not reproduce copyrighted material."), Reply(text=story))
+    gw = gateway(server, SleepRecorder())
+
+    assert await gw.prose("chapter_draft", draft_input()) == story
+    assert "original fiction" in server.messages(1)[-1]["content"]
+
+    server.script(*(Reply(text="I'm sorry, but I can't help with that.") for _ in range(3)))
+    with pytest.raises(ModelRefused) as caught:
+        await gw.structured("chapter_review", review_input(), Verdict)
+    assert caught.value.data["task"] == "chapter_review"
+    assert "refused or left empty every chapter_review answer" in str(caught.value)
+
+
+async def test_repetition_loop_is_stopped_and_asked_again(server: FakeOpenAI) -> None:
+    opening = distinct_prose(40)
+    loop = " The keeper climbed the stairs again and found the same locked door waiting." * 60
+    story = distinct_prose(120)
+    server.script(Reply(text=opening + loop, chunk_size=40), Reply(text=story))
+
+    answer = await gateway(server, SleepRecorder()).prose(
+        "chapter_draft", draft_input(), target_words=120
+    )
+
+    assert answer == story
+    retry = server.requests[1]
+    assert retry["frequency_penalty"] > 0
+    assert retry["presence_penalty"] > 0
+    assert isinstance(retry["seed"], int)
+    assert "repeating itself" in server.messages(1)[-1]["content"]
+
+
+async def test_loop_that_persists_keeps_the_text_before_it(server: FakeOpenAI) -> None:
+    opening = distinct_prose(80)
+    loop = " The keeper climbed the stairs again and found the same locked door waiting." * 40
+    server.script(*(Reply(text=opening + loop, chunk_size=60) for _ in range(3)))
+
+    answer = await gateway(server, SleepRecorder()).prose(
+        "chapter_draft", draft_input(), target_words=100
+    )
+
+    assert answer.startswith(opening[:200])
+    assert answer.count("same locked door") == 1  # the first occurrence, before the loop
+
+
+async def test_prose_length_is_held_to_the_target(server: FakeOpenAI) -> None:
+    gw = gateway(server, SleepRecorder())
+    server.script(Reply(text=distinct_prose(400)))
+    long = await gw.prose("chapter_draft", draft_input(), target_words=100)
+    assert 60 <= word_count(long) <= 130
+    assert long.endswith(".")
+
+    short, enough = distinct_prose(20), distinct_prose(90)
+    server.script(Reply(text=short), Reply(text=enough))
+    assert await gw.prose("chapter_draft", draft_input(), target_words=100) == enough
+    assert "had only 30 words, far short" in server.messages(-1)[-1]["content"]
+
+    server.script(*(Reply(text=distinct_prose(10)) for _ in range(3)))
+    with pytest.raises(ModelOutputError, match="gave no usable chapter_draft answer"):
+        await gw.prose("chapter_draft", draft_input(), target_words=100)
+
+
+async def test_prose_cut_off_at_the_limit_loses_its_unfinished_sentence(
+    server: FakeOpenAI,
+) -> None:
+    text = distinct_prose(100) + " And then the door began to"
+    server.script(Reply(text=text, finish="length"))
+
+    answer = await gateway(server, SleepRecorder()).prose(
+        "chapter_draft", draft_input(), target_words=100
+    )
+
+    assert answer == distinct_prose(100)
+
+
+async def test_prompt_is_cut_to_the_context_window(server: FakeOpenAI) -> None:
+    model = build_chat_model(config(server, max_tokens=1024))
+    gw = ModelGateway(
+        {"writer": model}, retry=RETRY, sleep=SleepRecorder(), context_windows={"writer": 4000}
+    )
+    passages = [
+        RetrievedPassage(chapter=1, text=f"Passage {i}: " + distinct_prose(150)) for i in range(12)
+    ]
+    inputs = draft_input().model_copy(update={"passages": passages})
+    server.script(Reply(text=distinct_prose(90)))
+
+    await gw.prose("chapter_draft", inputs)
+
+    sent = server.messages(0)[-1]["content"]
+    kept = [i for i in range(12) if f"Passage {i}:" in sent]
+    assert kept == list(range(len(kept)))  # the most relevant (first) passages stay
+    assert 0 < len(kept) < 12
+    budget = server.requests[0]["max_completion_tokens"]
+    assert 256 <= budget <= 1024
+    assert prompt_tokens([HumanMessage(m["content"]) for m in server.messages(0)]) + budget <= 4000
+
+    tiny = ModelGateway(
+        {"writer": model}, retry=RETRY, sleep=SleepRecorder(), context_windows={"writer": 600}
+    )
+    with pytest.raises(ContextOverflow, match="writer's chapter_draft prompt needs about"):
+        await tiny.prose("chapter_draft", inputs)
+    assert len(server.requests) == 1

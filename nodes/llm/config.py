@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nodes.llm.structured import StructuredSetting
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -15,14 +17,19 @@ class ModelConfig:
     temperature: float = 0.7
     max_tokens: int = 4096
     timeout_s: float = 120.0
-    json_mode: bool = False
-    """Ask the endpoint for ``response_format={"type": "json_object"}`` on structured tasks."""
+    structured_output: StructuredSetting = "auto"
+    """How structured answers are asked for (``nodes/llm/structured.py``)."""
+    context_window: int | None = None
+    """Prompt plus answer, in tokens; ``None``: assume room (hosted long-context models)."""
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff for transient model failures (429, 5xx, timeouts, dropped connections)."""
+    """Backoff for transient model failures (429, 5xx, timeouts, dropped connections),
+    and how often an unusable answer (invalid, refused, looping, cut off) is asked again."""
 
     attempts: int = 4
     base_delay_s: float = 0.5
     max_delay_s: float = 8.0
+    answer_attempts: int = 3
+    """Requests per answer: the first and up to two re-asks (repairs included)."""

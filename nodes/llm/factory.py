@@ -3,11 +3,11 @@
 Heavy libraries (``langchain_openai``, ``openai``) are imported inside the functions so
 importing ``nodes.llm`` stays cheap (``scribe --help`` must be fast).
 
-JSON mode is deliberately *not* baked into the model: ``ChatOpenAI(model_kwargs=
-{"response_format": ...})`` would force JSON on every call, including the writer's
-prose. Instead :func:`build_gateway` tells the :class:`ModelGateway` which agents want
-it, and the gateway binds ``response_format={"type": "json_object"}`` per structured
-call (``model.bind(...)``).
+The structured-output mode is deliberately *not* baked into the model:
+``ChatOpenAI(model_kwargs={"response_format": ...})`` would force JSON on every call,
+including the writer's prose. Instead :func:`build_gateway` tells the
+:class:`ModelGateway` each agent's mode, and the gateway binds ``response_format`` per
+structured call (``model.bind(...)``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from memory.errors import ConfigurationError
 from nodes.llm.config import ModelConfig, RetryPolicy
 from nodes.llm.gateway import ModelGateway
+from nodes.llm.structured import StructuredMode, resolve_mode
 from nodes.schemas import AGENTS, Agent
 
 if TYPE_CHECKING:
@@ -94,5 +95,13 @@ def build_gateway(
             )
         except ConfigurationError as exc:
             raise ConfigurationError(f"{agent}: {exc.message}", agent=agent, **exc.data) from exc
-    json_mode = [agent for agent in AGENTS if (c := configs.get(agent)) is not None and c.json_mode]
-    return ModelGateway(models, retry=retry, json_mode=json_mode)
+    modes: dict[Agent, StructuredMode] = {}
+    windows: dict[Agent, int] = {}
+    for agent in AGENTS:
+        config = configs.get(agent)
+        if config is None:
+            continue
+        modes[agent] = resolve_mode(config.structured_output, config.base_url)
+        if config.context_window is not None:
+            windows[agent] = config.context_window
+    return ModelGateway(models, retry=retry, modes=modes, context_windows=windows)

@@ -22,14 +22,16 @@ modules up in :data:`sys.modules` (keeps ``scribe --help`` fast).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
+import logging
 import random
 import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -39,16 +41,44 @@ from pydantic import BaseModel, ValidationError
 
 from memory.errors import (
     ConfigurationError,
+    ContextOverflow,
     InvalidInput,
     ModelError,
     ModelOutputError,
+    ModelRefused,
     ModelUnavailable,
     ScribeError,
 )
 from memory.traces.port import ModelCall
+from nodes.llm.answers import (
+    LoopGuard,
+    RetryCause,
+    complete_sentences,
+    cut_at_paragraph,
+    is_refusal,
+    loop_start,
+    strip_wrapping,
+    word_count,
+)
+from nodes.llm.budget import Fitted, fit
 from nodes.llm.config import RetryPolicy
+from nodes.llm.structured import (
+    Constraints,
+    StructuredMode,
+    decoding_schema,
+    fallback_mode,
+    response_format,
+)
 from nodes.llm.tasks import TASKS, TaskSpec, render_messages
-from nodes.llm.trace import CallKey, CallPlace, CallRouter, CallSink, next_place, set_current_call
+from nodes.llm.trace import (
+    CallKey,
+    CallPlace,
+    CallRouter,
+    CallSink,
+    current_chapter,
+    next_place,
+    set_current_call,
+)
 from nodes.schemas import AGENTS, Agent
 
 if TYPE_CHECKING:
@@ -56,6 +86,8 @@ if TYPE_CHECKING:
     from langchain_core.runnables import Runnable, RunnableConfig
 
 T = TypeVar("T", bound=BaseModel)
+
+log = logging.getLogger(__name__)
 
 OFFLINE_LLM_TYPE = "offline"
 """``_llm_type`` of the deterministic offline model (``nodes/llm/offline.py``)."""
@@ -86,15 +118,72 @@ class _Call:
     settings: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """What one request adds to the agent's model: the answer format, the answer budget,
+    and, for a re-ask, why it is made and the sampling changes that go with it."""
+
+    response_format: dict[str, Any] | None = None
+    max_tokens: int | None = None
+    reask: RetryCause | None = None
+    seed: int | None = None
+    penalties: bool = False
+    guard: bool = False
+    """Watch the streamed answer for repetition loops (and stop it when one starts)."""
+
+    def bindings(self) -> dict[str, Any]:
+        """Request fields to bind on the chat model."""
+        bound: dict[str, Any] = {}
+        if self.response_format is not None:
+            bound["response_format"] = self.response_format
+        if self.max_tokens is not None:
+            bound["max_tokens"] = self.max_tokens
+        if self.seed is not None:
+            bound["seed"] = self.seed
+        if self.penalties:
+            # Supported alike by OpenAI, DeepSeek, vLLM, Ollama and llama.cpp; enough to
+            # pull a small model out of the loop it fell into without hurting the prose.
+            bound["frequency_penalty"] = 0.4
+            bound["presence_penalty"] = 0.3
+        return bound
+
+    def record(self) -> dict[str, Any]:
+        """How the request differed from the model's defaults (kept in the trace)."""
+        recorded: dict[str, Any] = {}
+        if self.response_format is not None:
+            recorded["response_format"] = self.response_format["type"]
+        for key in ("max_tokens", "reask", "seed"):
+            value = getattr(self, key)
+            if value is not None:
+                recorded[key] = value
+        if self.penalties:
+            recorded["penalties"] = True
+        return recorded
+
+
+@dataclass
+class _Answer:
+    """One streamed answer and how it ended."""
+
+    text: str
+    finish_reason: str | None
+    looped: bool
+
+
+class _ModeRefused(Exception):
+    """The endpoint rejected the request's ``response_format`` (a 400 naming it)."""
+
+
 class ModelGateway:
     """Per-agent model access used by every node.
 
     ``models`` maps each agent to its chat model. ``retry`` bounds the attempts made for
-    transient failures; ``sleep`` waits between them (injected so tests need not wait).
-    ``json_mode`` lists the agents whose endpoint should be asked for
-    ``response_format={"type": "json_object"}`` on structured tasks: it is bound per call
-    rather than on the model, because the writer's prose task on the same kind of
-    endpoint must stay free text.
+    transient failures and the re-asks for unusable answers; ``sleep`` waits between
+    attempts (injected so tests need not wait). ``modes`` is each agent's structured-output
+    mode (``nodes/llm/structured.py``; default ``prompt``): ``response_format`` is bound
+    per call rather than on the model, because the writer's prose must stay free text.
+    ``context_windows`` bounds each agent's prompt plus answer, in tokens; an agent
+    without one is assumed to have room (hosted models with long windows).
     """
 
     def __init__(
@@ -103,16 +192,22 @@ class ModelGateway:
         *,
         retry: RetryPolicy = _DEFAULT_RETRY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        json_mode: Collection[Agent] = (),
+        modes: Mapping[Agent, StructuredMode] | None = None,
+        context_windows: Mapping[Agent, int] | None = None,
         sink: CallSink | None = None,
         router: CallRouter | None = None,
+        _refused: dict[Agent, StructuredMode] | None = None,
     ) -> None:
         self._models: dict[Agent, BaseChatModel] = dict(models)
         self._retry = retry
         self._sleep = sleep
-        self._json_mode = frozenset(json_mode)
+        self._modes: dict[Agent, StructuredMode] = dict(modes or {})
+        self._windows: dict[Agent, int] = dict(context_windows or {})
         self._sink = sink
         self._router = router
+        # Shared with every copy made by with_tracing: a mode an endpoint refused once is
+        # not tried again by later runs of the same process.
+        self._refused: dict[Agent, StructuredMode] = _refused if _refused is not None else {}
 
     def with_tracing(
         self, *, sink: CallSink | None = None, router: CallRouter | None = None
@@ -123,9 +218,11 @@ class ModelGateway:
             self._models,
             retry=self._retry,
             sleep=self._sleep,
-            json_mode=self._json_mode,
+            modes=self._modes,
+            context_windows=self._windows,
             sink=sink if sink is not None else self._sink,
             router=router if router is not None else self._router,
+            _refused=self._refused,
         )
 
     # --- introspection ----------------------------------------------------------------
@@ -142,6 +239,10 @@ class ModelGateway:
     def describe(self) -> dict[str, str]:
         """A human label per agent, e.g. ``"gpt-4o-mini @ https://api.openai.com/v1"``."""
         return {agent: model_label(model) for agent, model in self._ordered()}
+
+    def mode_for(self, agent: Agent) -> StructuredMode:
+        """The structured-output mode ``agent``'s calls use now (after any step-down)."""
+        return self._refused.get(agent) or self._modes.get(agent, "prompt")
 
     @property
     def offline_agents(self) -> list[str]:
@@ -161,91 +262,265 @@ class ModelGateway:
         output: type[T],
         *,
         check: Callable[[T], Sequence[str]] | None = None,
+        constraints: Constraints | None = None,
+        salvage: Callable[[T], T] | None = None,
     ) -> T:
         """Ask the task's agent for a JSON answer validated by ``output`` (and ``check``).
 
-        ``check`` returns domain problems (e.g. "outline has 3 chapters, expected 5");
-        any problem, like any parse or validation error, earns the model one repair
-        round with the exact errors before :class:`ModelOutputError` is raised.
+        ``constraints`` narrow the schema sent for constrained decoding (and shown in the
+        prompt) for this call. ``check`` returns domain problems (e.g. "outline has 3
+        chapters, expected 5"); a problem, like a parse or validation error, earns the
+        model a repair round with the exact errors. A refusal, an empty answer or one cut
+        off at the token limit is asked again afresh. ``salvage`` may mend the last
+        schema-valid answer when the re-asks are spent (e.g. drop issues whose quotes are
+        not in the draft); what it returns must pass ``check``. Otherwise
+        :class:`ModelOutputError` names the agent, task, chapter and the errors.
         """
         spec = _spec(task, inputs, structured=True)
         call = self._call_for(spec, structured=True)
-        messages = render_messages(task, inputs)
-
-        answer = await self._complete(call, messages, repair=False)
-        result, errors = _parse_structured(answer, output, check)
-        if result is not None:
-            return result
-
-        repair = [*messages, AIMessage(answer), HumanMessage(_structured_repair(task, errors))]
-        answer = await self._complete(call, repair, repair=True)
-        result, errors = _parse_structured(answer, output, check)
-        if result is not None:
-            return result
+        schema = decoding_schema(output, constraints)
+        fitted = self._fit(spec, call, inputs, schema)
+        base = fitted.messages
+        conversation = base
+        reask: RetryCause | None = None
+        errors: list[str] = []
+        causes: list[RetryCause] = []
+        valid: T | None = None
+        for _ in range(self._answer_attempts()):
+            answer = await self._answer_in_mode(call, conversation, schema, fitted, reask)
+            if not answer.text.strip() or is_refusal(answer.text):
+                reask = "empty" if not answer.text.strip() else "refusal"
+                causes.append(reask)
+                errors = [f"{reask} answer: {answer.text.strip()[:120]!r}"]
+                conversation = base
+                continue
+            result, errors, candidate = _parse_structured(answer.text, output, check)
+            if result is not None:
+                return result
+            valid = candidate or valid
+            if answer.finish_reason == "length" and candidate is None:
+                reask = "truncated"
+                errors = [f"the answer was cut off at the token limit ({errors[0]})"]
+                conversation = _with_note(base, _TRUNCATED_NOTE)
+            else:
+                reask = "invalid"
+                conversation = [
+                    *base,
+                    AIMessage(answer.text),
+                    HumanMessage(_structured_repair(task, errors)),
+                ]
+            causes.append(reask)
+        if valid is not None and salvage is not None:
+            mended = salvage(valid)
+            if check is None or not check(mended):
+                return mended
+        where = _chapter_phrase()
+        if causes and all(c in ("refusal", "empty") for c in causes):
+            raise ModelRefused(
+                f"{call.agent} refused or left empty every {task} answer{where} "
+                f"({len(causes)} attempts): " + _summarise(errors),
+                agent=call.agent,
+                task=task,
+                chapter=_chapter(),
+                errors=errors,
+            )
         raise ModelOutputError(
-            f"{call.agent} returned an invalid {task} answer after one repair attempt: "
-            + _summarise(errors),
+            f"{call.agent} returned an invalid {task} answer{where} after "
+            f"{len(causes)} attempts: " + _summarise(errors),
             agent=call.agent,
             task=task,
+            chapter=_chapter(),
             errors=errors,
         )
 
-    async def prose(self, task: str, inputs: BaseModel) -> str:
-        """Ask the task's agent for free text; an empty answer gets one repair round."""
+    async def prose(self, task: str, inputs: BaseModel, *, target_words: int | None = None) -> str:
+        """Ask the task's agent for free text of about ``target_words`` words.
+
+        The answer is cleaned of headings and notes. A repetition loop is stopped while
+        it streams and asked again with another seed and repetition penalties; a refusal
+        or an empty answer is asked again; an answer cut off at the token limit loses its
+        unfinished sentence; one far longer than the target is cut at a paragraph end and
+        one far too short is asked again with its length. When the re-asks are spent the
+        best usable answer is kept (the text before a loop, a short draft of at least
+        :data:`MIN_SHORT_RATIO` of the target); with none, :class:`ModelRefused` or
+        :class:`ModelOutputError` names the agent, task and chapter.
+        """
         spec = _spec(task, inputs, structured=False)
         call = self._call_for(spec, structured=False)
-        messages = render_messages(task, inputs)
-
-        answer = await self._complete(call, messages, repair=False)
-        text = _clean_prose(answer)
-        if text:
-            return text
-
-        repair = [*messages, AIMessage(answer), HumanMessage(_PROSE_REPAIR)]
-        text = _clean_prose(await self._complete(call, repair, repair=True))
-        if text:
-            return text
-        raise ModelOutputError(
-            f"{call.agent} returned an empty {task} answer after one repair attempt",
+        fitted = self._fit(spec, call, inputs, None)
+        base = fitted.messages
+        note: str | None = None
+        reask: RetryCause | None = None
+        causes: list[RetryCause] = []
+        problems: list[str] = []
+        fallback = ""
+        for attempt in range(self._answer_attempts()):
+            ask = _Ask(
+                max_tokens=fitted.answer_tokens if self._windows.get(call.agent) else None,
+                reask=reask,
+                seed=random.randrange(1, 2**31) if attempt else None,
+                penalties=reask == "loop",
+                guard=True,
+            )
+            messages = base if note is None else _with_note(base, note)
+            answer = await self._complete(call, messages, ask)
+            text = strip_wrapping(_clean_prose(answer.text))
+            if answer.looped or loop_start(text) is not None:
+                cut = complete_sentences(text[: loop_start(text) or len(text)])
+                fallback = _longer(fallback, cut)
+                reask, note = "loop", _LOOP_NOTE
+                problems.append(f"repetition loop after {word_count(cut)} words")
+            elif not text:
+                reask, note = "empty", None
+                problems.append("empty answer")
+            elif is_refusal(text):
+                reask, note = "refusal", _REFUSAL_NOTE
+                problems.append(f"refusal: {text[:120]!r}")
+            else:
+                if answer.finish_reason == "length":
+                    text = complete_sentences(text)
+                if target_words is None:
+                    return text
+                words = word_count(text)
+                if words > target_words * MAX_LONG_RATIO:
+                    return cut_at_paragraph(text, round(target_words * KEEP_LONG_RATIO))
+                if words >= target_words * MIN_SHORT_RATIO * 2 or words >= target_words * 0.5:
+                    return text
+                fallback = _longer(fallback, text)
+                reask = "truncated" if answer.finish_reason == "length" else "too_short"
+                note = _short_note(words, target_words)
+                problems.append(f"{words} words for a target of {target_words}")
+            causes.append(reask)
+        floor = target_words * MIN_SHORT_RATIO if target_words else 1
+        if fallback and word_count(fallback) >= floor:
+            log.warning(
+                "%s kept its best %s answer%s (%d words) after %d attempts: %s",
+                call.agent,
+                task,
+                _chapter_phrase(),
+                word_count(fallback),
+                len(causes),
+                "; ".join(problems),
+            )
+            return fallback
+        error = ModelRefused if all(c in ("refusal", "empty") for c in causes) else ModelOutputError
+        raise error(
+            f"{call.agent} gave no usable {task} answer{_chapter_phrase()} after "
+            f"{len(causes)} attempts: " + _summarise(problems),
             agent=call.agent,
             task=task,
-            errors=["empty answer"],
+            chapter=_chapter(),
+            errors=problems,
         )
 
     # --- internals --------------------------------------------------------------------
 
+    def _answer_attempts(self) -> int:
+        return max(1, int(self._retry.answer_attempts))
+
     def _call_for(self, spec: TaskSpec, *, structured: bool) -> _Call:
         model = self.model_for(spec.agent)
-        json_mode = structured and spec.agent in self._json_mode
-        return _Call(
-            spec.agent,
-            spec.name,
-            model,
-            model_label(model),
-            structured,
-            {**model_settings(model), "json_mode": json_mode},
-        )
+        settings = model_settings(model)
+        if structured:
+            settings["structured_output"] = self.mode_for(spec.agent)
+        return _Call(spec.agent, spec.name, model, model_label(model), structured, settings)
 
-    def _runnable(self, call: _Call, place: CallPlace | None) -> tuple[Runnable[Any, Any], str]:
+    def _fit(
+        self, spec: TaskSpec, call: _Call, inputs: BaseModel, schema: dict[str, Any] | None
+    ) -> Fitted:
+        """The prompt, cut to the agent's context window (``nodes/llm/budget.py``)."""
+        window = self._windows.get(call.agent)
+        max_answer = int(call.settings.get("max_tokens") or 4096)
+        fitted = fit(
+            inputs,
+            lambda i: render_messages(spec.name, i, schema),
+            window=window,
+            max_answer=max_answer,
+            trims=spec.trims,
+        )
+        if isinstance(fitted, int):
+            raise ContextOverflow(
+                f"{call.agent}'s {spec.name} prompt{_chapter_phrase()} needs about {fitted} "
+                f"tokens, which leaves no room for an answer in its context window of "
+                f"{window} tokens even with retrieval and the world brief cut; raise "
+                f"SCRIBE_{call.agent.upper()}__CONTEXT_WINDOW or use a model with a "
+                "longer context",
+                agent=call.agent,
+                task=spec.name,
+                chapter=_chapter(),
+                prompt_tokens=fitted,
+                context_window=window,
+            )
+        if fitted.dropped:
+            log.info(
+                "%s %s%s: cut %s to fit a context window of %s tokens",
+                call.agent,
+                spec.name,
+                _chapter_phrase(),
+                ", ".join(f"{n} of {path}" for path, n in fitted.dropped.items()),
+                window,
+            )
+        return fitted
+
+    async def _answer_in_mode(
+        self,
+        call: _Call,
+        messages: list[BaseMessage],
+        schema: dict[str, Any],
+        fitted: Fitted,
+        reask: RetryCause | None,
+    ) -> _Answer:
+        """One structured request in the agent's mode, stepping down a refused mode."""
+        while True:
+            mode = self.mode_for(call.agent)
+            ask = _Ask(
+                response_format=response_format(mode, call.task, schema),
+                max_tokens=fitted.answer_tokens if self._windows.get(call.agent) else None,
+                reask=reask,
+                seed=random.randrange(1, 2**31) if reask in ("refusal", "empty") else None,
+            )
+            try:
+                return await self._complete(call, messages, ask)
+            except _ModeRefused as refused:
+                weaker = fallback_mode(mode)
+                if weaker is None:  # pragma: no cover - prompt mode sends no response_format
+                    raise
+                self._refused[call.agent] = weaker
+                log.warning(
+                    "%s's endpoint (%s) refused structured output mode %s (%s); using %s "
+                    "from now on (set SCRIBE_%s__STRUCTURED_OUTPUT=%s to skip the probe)",
+                    call.agent,
+                    call.label,
+                    mode,
+                    refused,
+                    weaker,
+                    call.agent.upper(),
+                    weaker,
+                )
+
+    def _runnable(
+        self, call: _Call, place: CallPlace | None, ask: _Ask
+    ) -> tuple[Runnable[Any, Any], str]:
         """The runnable answering this call (the router's choice, else the agent's model)
         and its label."""
         model: BaseChatModel | None = None
         if self._router is not None:
             model = self._router.model_for(call.agent, place)
-        runnable: Runnable[Any, Any] = call.runnable
-        label = call.label
         if model is not None:
-            runnable, label = model, model_label(model)
-        if call.settings.get("json_mode") and model is None:
-            runnable = runnable.bind(response_format={"type": "json_object"})
-        return runnable, label
+            return model, model_label(model)
+        bindings = ask.bindings()
+        if call.runnable is self._models.get(call.agent) and _is_offline(call.runnable):
+            # The offline model reads its requests from the messages alone.
+            bindings = {}
+        runnable = call.runnable.bind(**bindings) if bindings else call.runnable
+        return runnable, call.label
 
-    async def _complete(self, call: _Call, messages: list[BaseMessage], *, repair: bool) -> str:
+    async def _complete(self, call: _Call, messages: list[BaseMessage], ask: _Ask) -> _Answer:
         """One logical call: budget check, routing, retries, and its record."""
         place = next_place()
         if self._sink is not None and place is not None and place.run_id:
             self._sink.before_call(place.run_id)
-        runnable, label = self._runnable(call, place)
+        runnable, label = self._runnable(call, place, ask)
         reset = set_current_call(
             CallKey(call.agent, place.node, place.chapter, place.index) if place else None
         )
@@ -253,7 +528,7 @@ class ModelGateway:
         started = time.perf_counter()
         outcome = _Outcome()
         try:
-            return await self._attempts(call, runnable, label, messages, repair, outcome)
+            return await self._attempts(call, runnable, label, messages, ask, outcome)
         except BaseException as exc:
             outcome.error = _describe_exception(exc)
             raise
@@ -261,7 +536,7 @@ class ModelGateway:
             reset()
             if self._sink is not None and place is not None and place.run_id and place.thread_id:
                 self._sink.record(
-                    _record(call, place, label, messages, repair, outcome, started_at, started)
+                    _record(call, place, label, messages, ask, outcome, started_at, started)
                 )
 
     async def _attempts(
@@ -270,12 +545,12 @@ class ModelGateway:
         runnable: Runnable[Any, Any],
         label: str,
         messages: list[BaseMessage],
-        repair: bool,
+        ask: _Ask,
         outcome: _Outcome,
-    ) -> str:
+    ) -> _Answer:
         """Stream one answer, retrying transient failures per the retry policy."""
         tags = [f"agent:{call.agent}", f"task:{call.task}"]
-        if repair:
+        if ask.reask:
             tags.append("repair")
         config: RunnableConfig = {
             "tags": tags,
@@ -287,7 +562,9 @@ class ModelGateway:
         for attempt in range(1, attempts + 1):
             outcome.attempts = attempt
             try:
-                return await _stream_text(runnable, messages, config, outcome)
+                return await _stream_text(
+                    runnable, messages, config, outcome, LoopGuard() if ask.guard else None
+                )
             except ScribeError:
                 raise
             except Exception as exc:
@@ -295,16 +572,19 @@ class ModelGateway:
                 if failure is None:
                     raise
                 if failure == "permanent":
+                    if ask.response_format is not None and _names_response_format(exc):
+                        raise _ModeRefused(_describe_exception(exc)) from exc
                     raise _permanent_error(call, exc) from exc
                 last = exc
             if attempt < attempts:
                 await self._sleep(self._delay(attempt, last))
         assert last is not None  # the loop ran at least once and only falls through on failure
         raise ModelUnavailable(
-            f"{call.agent} model ({label}) unavailable for {call.task} after "
-            f"{attempts} attempts: {_describe_exception(last)}",
+            f"{call.agent} model ({label}) unavailable for {call.task}{_chapter_phrase()} "
+            f"after {attempts} attempts: {_describe_exception(last)}",
             agent=call.agent,
             task=call.task,
+            chapter=_chapter(),
             attempts=attempts,
             last_error=_describe_exception(last),
         ) from last
@@ -318,6 +598,70 @@ class ModelGateway:
         # Full jitter (AWS architecture blog): spreads clients that failed together.
         ceiling = min(cap, self._retry.base_delay_s * (2 ** (attempt - 1)))
         return random.uniform(0.0, max(0.0, ceiling))
+
+
+MAX_LONG_RATIO = 1.75
+"""A prose answer longer than this many times its target is cut..."""
+KEEP_LONG_RATIO = 1.3
+"""...at the last paragraph end within this many times the target."""
+MIN_SHORT_RATIO = 0.3
+"""Shorter than half the target is asked again; when the re-asks are spent, the longest
+answer is kept if it reaches this share of the target."""
+
+_TRUNCATED_NOTE = (
+    "Your previous answer was cut off at the length limit before the JSON was complete. "
+    "Answer again, more briefly: shorter strings and only the list items that matter."
+)
+_LOOP_NOTE = (
+    "Your previous answer started repeating itself. Write the chapter again; every "
+    "sentence must move the scene forward, and no sentence or paragraph may repeat."
+)
+_REFUSAL_NOTE = (
+    "This is original fiction for the author's own novel, built from the author's premise "
+    "and plan above; nothing in it copies an existing work. Write it now: answer with the "
+    "text itself and nothing else."
+)
+
+
+def _short_note(words: int, target: int) -> str:
+    return (
+        f"Your previous answer had only {words} words, far short of the target. Write the "
+        f"whole chapter at about {target} words: let every beat play out as a scene."
+    )
+
+
+def _with_note(messages: list[BaseMessage], note: str) -> list[BaseMessage]:
+    """``messages`` with ``note`` added to the last user message (not as a message of its
+    own: some chat templates refuse two user turns in a row)."""
+    *head, last = messages
+    content = last.content if isinstance(last.content, str) else str(last.content)
+    return [*head, HumanMessage(f"{content}\n\n{note}")]
+
+
+def _longer(a: str, b: str) -> str:
+    return b if word_count(b) > word_count(a) else a
+
+
+def _chapter() -> int | None:
+    return current_chapter()
+
+
+def _chapter_phrase() -> str:
+    chapter = _chapter()
+    return f" for chapter {chapter}" if chapter else ""
+
+
+def _is_offline(model: Runnable[Any, Any]) -> bool:
+    return getattr(model, "_llm_type", None) == OFFLINE_LLM_TYPE
+
+
+def _names_response_format(exc: BaseException) -> bool:
+    """Whether a rejected request was rejected for its ``response_format``."""
+    status = _status_of(exc)
+    if status not in (400, 415, 422, 501):
+        return False
+    text = _describe_exception(exc).lower()
+    return any(w in text for w in ("response_format", "json_schema", "json_object", "schema"))
 
 
 # --- model labels ---------------------------------------------------------------------
@@ -361,6 +705,8 @@ class _Outcome:
     replayed_from: str | None = None
     attempts: int = 0
     error: str | None = None
+    finish_reason: str | None = None
+    looped: bool = False
 
 
 async def _stream_text(
@@ -368,30 +714,51 @@ async def _stream_text(
     messages: list[BaseMessage],
     config: RunnableConfig,
     outcome: _Outcome,
-) -> str:
+    guard: LoopGuard | None = None,
+) -> _Answer:
     parts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     input_tokens = output_tokens = 0
-    async for chunk in runnable.astream(messages, config=config):
-        text = getattr(chunk, "text", None)
-        if isinstance(text, str):
-            parts.append(str(text))
-        elif isinstance(chunk, str):
-            parts.append(chunk)
-        usage = getattr(chunk, "usage_metadata", None)
-        if usage:
-            # Providers report usage once (on the last chunk); summing is safe either way.
-            input_tokens += int(usage.get("input_tokens") or 0)
-            output_tokens += int(usage.get("output_tokens") or 0)
-        for piece in getattr(chunk, "tool_call_chunks", None) or ():
-            tool_calls.append(dict(piece))
-        replayed = (getattr(chunk, "response_metadata", None) or {}).get("replayed_from")
-        if replayed:
-            outcome.replayed_from = str(replayed)
+    finish_reason: str | None = None
+    looped = False
+    try:
+        # aclosing: leaving the loop early (a repetition loop) must close the HTTP stream
+        # at once, so the endpoint stops generating.
+        stream: Any = runnable.astream(messages, config=config)
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                text = getattr(chunk, "text", None)
+                if isinstance(text, str):
+                    parts.append(str(text))
+                elif isinstance(chunk, str):
+                    parts.append(chunk)
+                usage = getattr(chunk, "usage_metadata", None)
+                if usage:
+                    # Providers report usage once (on the last chunk); summing is safe.
+                    input_tokens += int(usage.get("input_tokens") or 0)
+                    output_tokens += int(usage.get("output_tokens") or 0)
+                for piece in getattr(chunk, "tool_call_chunks", None) or ():
+                    tool_calls.append(dict(piece))
+                metadata = getattr(chunk, "response_metadata", None) or {}
+                if metadata.get("replayed_from"):
+                    outcome.replayed_from = str(metadata["replayed_from"])
+                if metadata.get("finish_reason"):
+                    finish_reason = str(metadata["finish_reason"])
+                if guard is not None and guard.looping("".join(parts)):
+                    looped = True
+                    finish_reason = "loop"
+                    break
+    except Exception as exc:
+        # OpenAI's structured-output stream helper raises instead of returning an answer
+        # cut off at the token limit; what streamed until then is the answer.
+        if type(exc).__name__ != "LengthFinishReasonError":
+            raise
+        finish_reason = "length"
     outcome.answer = "".join(parts)
     outcome.input_tokens, outcome.output_tokens = input_tokens, output_tokens
     outcome.tool_calls = tool_calls
-    return outcome.answer
+    outcome.finish_reason, outcome.looped = finish_reason, looped
+    return _Answer(outcome.answer, finish_reason, looped)
 
 
 def _message_json(message: BaseMessage) -> dict[str, Any]:
@@ -404,7 +771,7 @@ def _record(
     place: CallPlace,
     label: str,
     messages: list[BaseMessage],
-    repair: bool,
+    ask: _Ask,
     outcome: _Outcome,
     started_at: datetime,
     started: float,
@@ -430,9 +797,15 @@ def _record(
         index=place.index,
         agent=call.agent,
         task=call.task,
-        repair=repair,
+        repair=ask.reask is not None,
         model=label,
-        settings=call.settings,
+        # What this request changed (answer format, budget, re-ask cause) and how it
+        # ended: evaluators count retries by cause from these.
+        settings={
+            **call.settings,
+            **ask.record(),
+            "finish_reason": outcome.finish_reason,
+        },
         messages=[_message_json(m) for m in messages],
         # PostgreSQL text cannot hold NUL; a model can emit one.
         answer=outcome.answer.replace("\x00", "\ufffd"),
@@ -623,19 +996,20 @@ def extract_json_object(answer: str) -> dict[str, Any]:
 
 def _parse_structured(
     answer: str, output: type[T], check: Callable[[T], Sequence[str]] | None
-) -> tuple[T | None, list[str]]:
+) -> tuple[T | None, list[str], T | None]:
+    """The accepted answer, else the errors and, if it validated, the rejected model."""
     try:
         data = extract_json_object(answer)
     except _NoJson as exc:
-        return None, [str(exc)]
+        return None, [str(exc)], None
     try:
         result = output.model_validate(data)
     except ValidationError as exc:
-        return None, format_validation_errors(exc)
+        return None, format_validation_errors(exc), None
     problems = [str(p) for p in check(result)] if check is not None else []
     if problems:
-        return None, problems
-    return result, []
+        return None, problems, result
+    return result, [], result
 
 
 def format_validation_errors(exc: ValidationError) -> list[str]:
@@ -665,12 +1039,6 @@ def _structured_repair(task: str, errors: Sequence[str]) -> str:
         "Fix exactly these problems and keep everything else that was correct. Reply with "
         "only the corrected JSON object: no explanation, no code fences."
     )
-
-
-_PROSE_REPAIR = (
-    "Your previous answer was empty. Answer the task now: reply with the full text "
-    "itself and nothing else."
-)
 
 
 def _clean_prose(answer: str) -> str:

@@ -20,6 +20,8 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel
 
 from nodes import schemas
+from nodes.llm.budget import Trim
+from nodes.llm.structured import decoding_schema
 from nodes.schemas import Agent
 
 
@@ -34,17 +36,46 @@ class TaskSpec:
     agent: Agent
     input: type[BaseModel]
     output: type[BaseModel] | None
+    trims: tuple[Trim, ...] = ()
+    """Optional input material, cut in this order when the prompt is too long for the
+    agent's context window (``nodes/llm/budget.py``)."""
 
+
+_BRIEF_TRIMS = (Trim("world.places"), Trim("world.characters"))
+"""The world brief lists the chapter's focus first, so cutting from the end keeps it."""
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
         TaskSpec("story_plan", "director", schemas.StoryPlanInput, schemas.StoryPlan),
-        TaskSpec("chapter_beats", "director", schemas.BeatsInput, schemas.ChapterBeats),
+        TaskSpec(
+            "chapter_beats",
+            "director",
+            schemas.BeatsInput,
+            schemas.ChapterBeats,
+            (Trim("recent_summaries", "start"), *_BRIEF_TRIMS),
+        ),
         TaskSpec("world_seed", "worldsmith", schemas.WorldSeedInput, schemas.WorldSeed),
-        TaskSpec("chapter_changes", "worldsmith", schemas.ChangesInput, schemas.ChapterChanges),
-        TaskSpec("chapter_draft", "writer", schemas.DraftInput, None),
-        TaskSpec("chapter_review", "reviewer", schemas.ReviewInput, schemas.Verdict),
+        TaskSpec(
+            "chapter_changes",
+            "worldsmith",
+            schemas.ChangesInput,
+            schemas.ChapterChanges,
+            _BRIEF_TRIMS,
+        ),
+        TaskSpec(
+            "chapter_draft",
+            "writer",
+            schemas.DraftInput,
+            None,
+            (
+                Trim("passages"),
+                Trim("previous_summary"),
+                *_BRIEF_TRIMS,
+                Trim("issues"),
+            ),
+        ),
+        TaskSpec("chapter_review", "reviewer", schemas.ReviewInput, schemas.Verdict, _BRIEF_TRIMS),
     )
 }
 
@@ -58,15 +89,21 @@ def system_prompt(task: str) -> str:
     return resources.files("nodes.prompts").joinpath(f"{task}.md").read_text(encoding="utf-8")
 
 
-def render_messages(task: str, inputs: BaseModel) -> list[BaseMessage]:
-    """The chat messages for one request of ``task`` with ``inputs``."""
+def render_messages(
+    task: str, inputs: BaseModel, schema: dict[str, Any] | None = None
+) -> list[BaseMessage]:
+    """The chat messages for one request of ``task`` with ``inputs``.
+
+    A structured task's system prompt ends with the answer's JSON schema: ``schema`` when
+    given (the call's narrowed decoding schema), else the task's own.
+    """
     spec = TASKS[task]
     system = system_prompt(task)
     if spec.output is not None:
-        schema = json.dumps(spec.output.model_json_schema(), separators=(",", ":"))
+        shown = schema if schema is not None else decoding_schema(spec.output)
         system += (
             "\n\nAnswer with one JSON object and nothing else. It must validate against "
-            f"this JSON schema:\n{schema}"
+            f"this JSON schema:\n{json.dumps(shown, separators=(',', ':'), ensure_ascii=False)}"
         )
     body = inputs.model_dump_json(indent=2, exclude_none=True)
     return [SystemMessage(system), HumanMessage(f"Task: {task}\n\nInput:\n```json\n{body}\n```")]

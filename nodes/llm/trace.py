@@ -87,6 +87,13 @@ def model_step(node: F) -> F:
     return cast(F, wrapped)
 
 
+def current_chapter() -> int | None:
+    """The chapter of the node step in progress (``None`` outside one, or before chapter 1),
+    for error messages that should say where they happened."""
+    scope = _SCOPE.get()
+    return scope.chapter if scope is not None and scope.chapter > 0 else None
+
+
 def next_place() -> CallPlace | None:
     """The place of the call about to be made, or ``None`` outside a graph run.
 

@@ -1,0 +1,211 @@
+"""What real models do to answers, recognised by plain rules on the text.
+
+Real instruct models, small ones most of all, refuse ("I will not reproduce copyrighted
+material."), answer nothing, stop mid-sentence at ``max_tokens``, or fall into a loop
+that repeats a sentence or a whole paragraph until the token limit. The gateway uses the
+rules here to notice each case (a loop while the answer still streams, so the tokens are
+not wasted), to trim what can be trimmed and to re-ask for what cannot.
+
+Words are counted so that texts without spaces between words (Chinese, Japanese) count
+each ideograph or kana as a word, close to how their writers count length.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+RetryCause = Literal["invalid", "truncated", "refusal", "empty", "loop", "too_short"]
+"""Why an answer was asked for again (recorded with the call that re-asks)."""
+
+_WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3000]+")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def word_count(text: str) -> int:
+    """Words in ``text``; each CJK character counts as one."""
+    return len(_WORD.findall(text))
+
+
+# --- refusals -------------------------------------------------------------------------
+
+_REFUSAL = re.compile(
+    r"^\W*(?:"
+    r"I(?:'m| am) (?:sorry|afraid|unable|not able)"
+    r"|I (?:can(?:'|no)t|cannot|won't|will not|must decline|do not feel comfortable"
+    r"|don't feel comfortable|apologi[sz]e)"
+    r"|(?:Sorry|Unfortunately),? (?:but )?I"
+    r"|As an AI"
+    r"|I'm just an AI"
+    r")",
+    re.IGNORECASE,
+)
+_REFUSAL_MAX_WORDS = 80
+"""A refusal is short; a long answer that opens with "I can't believe..." is prose."""
+
+
+def is_refusal(text: str) -> bool:
+    """Whether ``text`` is a refusal to do the task rather than an answer."""
+    stripped = text.strip()
+    return bool(_REFUSAL.match(stripped)) and word_count(stripped) <= _REFUSAL_MAX_WORDS
+
+
+# --- repetition loops -----------------------------------------------------------------
+
+# Sentence ends and closing quotes, CJK full-width forms included (as escapes).
+_ENDS = ".!?\u3002\uff01\uff1f\u2026"
+_CLOSERS = "\"'\u201d\u2019\u300d\u300f)"
+_SENTENCE_END = re.compile(rf"(?<=[{_ENDS}])[{_CLOSERS}]*\s+")
+_NORMALISE = re.compile(r"[\W_]+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    """When repetition counts as a loop.
+
+    A sentence of at least ``min_sentence_chars`` characters occurring ``sentence_repeats``
+    times, or a run of ``ngram`` words occurring ``ngram_repeats`` times, is a loop. Prose
+    repeats short sentences ("He nodded.") and refrains legitimately; these thresholds
+    only catch what a model stuck in a loop produces.
+    """
+
+    min_sentence_chars: int = 40
+    sentence_repeats: int = 3
+    ngram: int = 12
+    ngram_repeats: int = 3
+
+
+DEFAULT_LOOP_POLICY = LoopPolicy()
+
+
+def loop_start(text: str, policy: LoopPolicy = DEFAULT_LOOP_POLICY) -> int | None:
+    """Where a repetition loop begins in ``text`` (the offset of the first repeat of the
+    looping sentence or word run), or ``None`` when there is no loop."""
+    start = _sentence_loop(text, policy)
+    ngram = _ngram_loop(text, policy)
+    found = [s for s in (start, ngram) if s is not None]
+    return min(found) if found else None
+
+
+def _sentence_loop(text: str, policy: LoopPolicy) -> int | None:
+    seen: dict[str, list[int]] = {}
+    position = 0
+    for piece in _SENTENCE_END.split(text):
+        offset = text.find(piece, position)
+        position = offset + len(piece) if offset >= 0 else position
+        key = _NORMALISE.sub(" ", piece).strip().lower()
+        if len(key) < policy.min_sentence_chars:
+            continue
+        places = seen.setdefault(key, [])
+        places.append(offset)
+        if len(places) >= policy.sentence_repeats:
+            return places[1]
+    return None
+
+
+def _ngram_loop(text: str, policy: LoopPolicy) -> int | None:
+    matches = list(_WORD.finditer(text))
+    words = [_NORMALISE.sub("", m.group(0)).lower() for m in matches]
+    n = policy.ngram
+    if len(words) < n * policy.ngram_repeats:
+        return None
+    counts: Counter[tuple[str, ...]] = Counter()
+    first_repeat: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        counts[gram] += 1
+        if counts[gram] == 2:
+            first_repeat[gram] = matches[i].start()
+        if counts[gram] >= policy.ngram_repeats:
+            return first_repeat[gram]
+    return None
+
+
+class LoopGuard:
+    """Watches a streamed answer and says when it has fallen into a loop.
+
+    Checking on every chunk would cost a full scan each time; checking every
+    ``every_chars`` new characters bounds the work while stopping a loop within a few
+    sentences of its third repeat.
+    """
+
+    def __init__(self, policy: LoopPolicy = DEFAULT_LOOP_POLICY, every_chars: int = 400) -> None:
+        self._policy = policy
+        self._every = every_chars
+        self._checked = 0
+
+    def looping(self, text: str, *, final: bool = False) -> bool:
+        """Whether ``text`` (everything streamed so far) loops."""
+        if not final and len(text) - self._checked < self._every:
+            return False
+        self._checked = len(text)
+        return loop_start(text, self._policy) is not None
+
+
+# --- prose shape ----------------------------------------------------------------------
+
+_HEADING = re.compile(
+    r"^\s*(?:#{1,6}\s+.*|\*\*[^*\n]{1,120}\*\*\s*|(?:chapter|chap\.)\s+[\w-]+\b[^\n]{0,120}"
+    r"|第[\d一二三四五六七八九十百千]+[章回][^\n]{0,60})\s*$",
+    re.IGNORECASE,
+)
+_CLOSING_NOTE = re.compile(
+    r"\n\s*(?:-{3,}|\*{3,})?\s*(?:\(?note:|author'?s note|word count:|\[end of chapter)[^\n]*$",
+    re.IGNORECASE,
+)
+
+
+def strip_wrapping(text: str) -> str:
+    """The prose without the heading lines and closing notes models add against the
+    instructions (``# Chapter 1: The Key``, ``**The Key**``, ``Word count: 412``)."""
+    lines = text.strip().splitlines()
+    while lines and (not lines[0].strip() or _HEADING.match(lines[0])):
+        lines.pop(0)
+    body = "\n".join(lines).strip()
+    while True:
+        trimmed = _CLOSING_NOTE.sub("", body).rstrip()
+        if trimmed == body:
+            return body
+        body = trimmed
+
+
+def cut_at_paragraph(text: str, max_words: int) -> str:
+    """``text`` cut at the last paragraph end (else sentence end) within ``max_words``."""
+    if word_count(text) <= max_words:
+        return text
+    paragraphs = re.split(r"\n\s*\n", text)
+    kept: list[str] = []
+    total = 0
+    for paragraph in paragraphs:
+        words = word_count(paragraph)
+        if total + words > max_words:
+            break
+        kept.append(paragraph)
+        total += words
+    if kept:
+        return "\n\n".join(kept).strip()
+    return complete_sentences(_first_words(paragraphs[0], max_words))
+
+
+def complete_sentences(text: str) -> str:
+    """``text`` without a trailing unfinished sentence (as a cut-off answer ends)."""
+    stripped = text.rstrip()
+    ends = [m.end() for m in re.finditer(rf"[{_ENDS}][{_CLOSERS}]*", stripped)]
+    if not ends:
+        return stripped
+    return stripped[: ends[-1]].rstrip()
+
+
+def _first_words(text: str, count: int) -> str:
+    matches = list(_WORD.finditer(text))
+    if len(matches) <= count:
+        return text
+    return text[: matches[count - 1].end()]
+
+
+def is_cjk(text: str) -> bool:
+    """Whether most letters of ``text`` are CJK ideographs or kana."""
+    letters = [c for c in text if c.isalpha()]
+    return bool(letters) and sum(1 for c in letters if _CJK.match(c)) * 2 > len(letters)

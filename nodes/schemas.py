@@ -23,13 +23,13 @@ class _Model(BaseModel):
 # Bounds on every answer field: they are sent to endpoints that constrain decoding to the
 # schema, so a small model cannot ramble inside one string or list until it runs out of
 # tokens, and they are what validation enforces.
-Name = Annotated[str, Field(min_length=1, max_length=120)]
+Name = Annotated[str, Field(min_length=1, max_length=80)]
 """A name of a character, place, thing or set-up, as the model writes it."""
 Phrase = Annotated[str, Field(min_length=1, max_length=200)]
 Names = Annotated[list[Name], Field(max_length=12)]
 Attributes = Annotated[
-    dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=200)]],
-    Field(max_length=12),
+    dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=120)]],
+    Field(max_length=8),
 ]
 """Short ``snake_case`` attribute names with short plain values."""
 
@@ -53,7 +53,7 @@ class ChapterOutline(_Model):
 
     number: int = Field(ge=1, le=1000)
     title: str = Field(min_length=1, max_length=200)
-    summary: str = Field(min_length=1, max_length=1200)
+    summary: str = Field(min_length=1, max_length=900)
 
 
 class StoryPlanInput(_Model):
@@ -81,9 +81,9 @@ class CharacterSeed(_Model):
     """A character of the seeded world."""
 
     name: Name
-    aliases: list[Name] = Field(default_factory=list, max_length=6)
-    role: str = Field(default="", max_length=120)
-    description: str = Field(default="", max_length=800)
+    aliases: list[Name] = Field(default_factory=list, max_length=4)
+    role: str = Field(default="", max_length=60)
+    description: str = Field(default="", max_length=400)
     fixed: Attributes = Field(default_factory=dict)
     """Attributes that never change, e.g. {"species": "human", "eye_colour": "grey"}."""
     mutable: Attributes = Field(default_factory=dict)
@@ -97,8 +97,8 @@ class PlaceSeed(_Model):
     """A location, faction, item or rule of the seeded world."""
 
     name: Name
-    aliases: list[Name] = Field(default_factory=list, max_length=6)
-    description: str = Field(default="", max_length=800)
+    aliases: list[Name] = Field(default_factory=list, max_length=4)
+    description: str = Field(default="", max_length=400)
     fixed: Attributes = Field(default_factory=dict)
 
 
@@ -121,23 +121,68 @@ class SetupSeed(_Model):
 
 
 class WorldSeedInput(_Model):
-    """Worldsmith task ``world_seed``."""
+    """Worldsmith task ``world_places``: the premise, bible and outline to build from."""
 
     premise: str
     bible: StoryBible
     outline: list[ChapterOutline]
 
 
-class WorldSeed(_Model):
-    """Worldsmith answer: the world before chapter 1."""
+class WorldPlaces(_Model):
+    """Worldsmith answer to ``world_places``: the places and things of the world."""
 
-    characters: list[CharacterSeed] = Field(min_length=1, max_length=24)
-    locations: list[PlaceSeed] = Field(min_length=1, max_length=24)
-    factions: list[PlaceSeed] = Field(default_factory=list, max_length=12)
-    items: list[PlaceSeed] = Field(default_factory=list, max_length=16)
-    rules: list[PlaceSeed] = Field(default_factory=list, max_length=12)
-    relationships: list[RelationSeed] = Field(default_factory=list, max_length=48)
-    setups: list[SetupSeed] = Field(default_factory=list, max_length=24)
+    locations: list[PlaceSeed] = Field(min_length=1, max_length=16)
+    factions: list[PlaceSeed] = Field(default_factory=list, max_length=8)
+    items: list[PlaceSeed] = Field(default_factory=list, max_length=12)
+    rules: list[PlaceSeed] = Field(default_factory=list, max_length=8)
+
+
+class WorldCastInput(_Model):
+    """Worldsmith task ``world_cast``: the characters, placed in the world already built."""
+
+    premise: str
+    bible: StoryBible
+    outline: list[ChapterOutline]
+    locations: list[str]
+    factions: list[str] = Field(default_factory=list)
+
+
+class WorldCast(_Model):
+    """Worldsmith answer to ``world_cast``."""
+
+    characters: list[CharacterSeed] = Field(min_length=1, max_length=16)
+
+
+class WorldLinksInput(_Model):
+    """Worldsmith task ``world_links``: relationships and set-ups between known names."""
+
+    premise: str
+    bible: StoryBible
+    outline: list[ChapterOutline]
+    characters: list[str]
+    names: list[str]
+    """Every entity name (characters, locations, factions, items, rules)."""
+
+
+class WorldLinks(_Model):
+    """Worldsmith answer to ``world_links``."""
+
+    relationships: list[RelationSeed] = Field(default_factory=list, max_length=32)
+    setups: list[SetupSeed] = Field(default_factory=list, max_length=16)
+
+
+class WorldSeed(_Model):
+    """The world before chapter 1, assembled from the answers to ``world_places``,
+    ``world_cast`` and ``world_links`` (three smaller answers than one: a small model
+    fills each, and each can be constrained to names the earlier ones defined)."""
+
+    characters: list[CharacterSeed] = Field(min_length=1, max_length=16)
+    locations: list[PlaceSeed] = Field(min_length=1, max_length=16)
+    factions: list[PlaceSeed] = Field(default_factory=list, max_length=8)
+    items: list[PlaceSeed] = Field(default_factory=list, max_length=12)
+    rules: list[PlaceSeed] = Field(default_factory=list, max_length=8)
+    relationships: list[RelationSeed] = Field(default_factory=list, max_length=32)
+    setups: list[SetupSeed] = Field(default_factory=list, max_length=16)
 
 
 # --- shared world brief ---------------------------------------------------------------
@@ -312,8 +357,8 @@ class NewEntity(_Model):
 
     name: Name
     kind: Literal["character", "location", "faction", "item", "rule", "event"]
-    description: str = Field(default="", max_length=800)
-    aliases: list[Name] = Field(default_factory=list, max_length=6)
+    description: str = Field(default="", max_length=600)
+    aliases: list[Name] = Field(default_factory=list, max_length=4)
 
 
 class Move(_Model):

@@ -25,19 +25,35 @@ from memory.world.port import (
 )
 from nodes.common import novel_id_of, progress, slugify
 from nodes.context import ScribeContext
+from nodes.llm.gateway import ModelGateway
 from nodes.schemas import (
     ChangesInput,
     ChapterBeats,
     ChapterChanges,
     ChapterOutline,
     PlaceSeed,
+    SetupSeed,
     StoryBible,
+    WorldCast,
+    WorldCastInput,
+    WorldLinks,
+    WorldLinksInput,
+    WorldPlaces,
     WorldSeed,
     WorldSeedInput,
 )
 from nodes.world_view import resolve_key, world_brief
 
 SEED_CHAPTER = 0
+
+
+def setup_problems(setups: list[SetupSeed], chapters: int) -> list[str]:
+    """Set-ups must be planted before (or where) they pay off, within the book."""
+    return [
+        f"set-up {setup.key}: need 1 <= plant_chapter <= payoff_chapter <= {chapters}"
+        for setup in setups
+        if not 1 <= setup.plant_chapter <= setup.payoff_chapter <= chapters
+    ]
 
 
 def seed_problems(seed: WorldSeed, chapters: int) -> list[str]:
@@ -49,20 +65,73 @@ def seed_problems(seed: WorldSeed, chapters: int) -> list[str]:
     for character in seed.characters:
         if character.location and character.location.lower() not in places:
             problems.append(f"{character.name}'s location {character.location!r} is not a location")
-    for setup in seed.setups:
-        if not 1 <= setup.plant_chapter <= setup.payoff_chapter <= chapters:
-            problems.append(
-                f"set-up {setup.key}: need 1 <= plant_chapter <= payoff_chapter <= {chapters}"
-            )
-    return problems
+    return problems + setup_problems(seed.setups, chapters)
 
 
-def seed_constraints(chapters: int) -> dict[str, dict[str, Any]]:
-    """Schema narrowing for constrained decoding: set-ups within the book's chapters."""
+def _names(items: list[PlaceSeed]) -> list[str]:
+    return list(dict.fromkeys(n for item in items for n in (item.name, *item.aliases)))
+
+
+def cast_constraints(places: WorldPlaces) -> dict[str, dict[str, Any]]:
+    """Schema narrowing: characters start at a location of the world, in one of its
+    factions."""
+    narrowed: dict[str, dict[str, Any]] = {
+        "characters[].location": {"enum": _names(places.locations)}
+    }
+    if places.factions:
+        narrowed["characters[].faction"] = {"enum": _names(places.factions)}
+    return narrowed
+
+
+def links_constraints(names: list[str], chapters: int) -> dict[str, dict[str, Any]]:
+    """Schema narrowing: links join known names; set-ups fall within the book."""
     return {
+        "relationships[].subject": {"enum": names},
+        "relationships[].object": {"enum": names},
+        "setups[].entities[]": {"enum": names},
         "setups[].plant_chapter": {"minimum": 1, "maximum": chapters},
         "setups[].payoff_chapter": {"minimum": 1, "maximum": chapters},
     }
+
+
+async def build_seed(models: ModelGateway, book: WorldSeedInput, chapters: int) -> WorldSeed:
+    """The world before chapter 1, in three answers: places and things, then the cast
+    placed among them, then the relationships and set-ups between the names so far."""
+    places = await models.structured("world_places", book, WorldPlaces)
+    cast = await models.structured(
+        "world_cast",
+        WorldCastInput(
+            **book.model_dump(),
+            locations=_names(places.locations),
+            factions=_names(places.factions),
+        ),
+        WorldCast,
+        constraints=cast_constraints(places),
+    )
+    people = list(dict.fromkeys(c.name for c in cast.characters))
+    names = list(
+        dict.fromkeys(
+            [
+                *people,
+                *(p.name for group in (places.locations, places.factions) for p in group),
+                *(p.name for group in (places.items, places.rules) for p in group),
+            ]
+        )
+    )
+    links = await models.structured(
+        "world_links",
+        WorldLinksInput(**book.model_dump(), characters=people, names=names),
+        WorldLinks,
+        constraints=links_constraints(names, chapters),
+        check=lambda answer: setup_problems(answer.setups, chapters),
+        salvage=lambda answer: answer.model_copy(
+            update={"setups": [s for s in answer.setups if not setup_problems([s], chapters)]}
+        ),
+    )
+    return mended_seed(
+        WorldSeed(characters=cast.characters, **places.model_dump(), **links.model_dump()),
+        chapters,
+    )
 
 
 def mended_seed(seed: WorldSeed, chapters: int) -> WorldSeed:
@@ -203,17 +272,14 @@ async def worldsmith_seed(state: NovelState, runtime: Runtime[ScribeContext]) ->
     novel_id = novel_id_of(state)
     chapters = state["chapters"]
     progress(runtime, "worldsmith", "seeding")
-    seed = await ctx.models.structured(
-        "world_seed",
+    seed = await build_seed(
+        ctx.models,
         WorldSeedInput(
             premise=state["premise"],
             bible=StoryBible(**state["bible"]),
             outline=[ChapterOutline(**c) for c in state["outline"]],
         ),
-        WorldSeed,
-        check=lambda s: seed_problems(s, chapters),
-        constraints=seed_constraints(chapters),
-        salvage=lambda s: mended_seed(s, chapters),
+        chapters,
     )
     await ctx.world.retract_chapter(novel_id, SEED_CHAPTER)
     result = await ctx.world.apply(novel_id, SEED_CHAPTER, seed_to_changes(seed))

@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     ``json_schema`` elsewhere)."""
     context_window: int | None = Field(default=None, ge=512, le=10_000_000)
     """The model's context window in tokens; prompts are cut to fit it. Unset: no limit."""
+    model_seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    """Sampling seed for every model request, where the endpoint honours one."""
     offline_tokens_per_second: float | None = Field(default=None, gt=0)
     """Slow the offline model to a fixed streaming rate (benchmarks, crash tests)."""
     model_prices: dict[str, ModelPriceSettings] = Field(default_factory=dict)
@@ -219,6 +221,7 @@ class Settings(BaseSettings):
             timeout_s=self.model_timeout_s,
             structured_output=own.structured_output or self.structured_output,
             context_window=own.context_window or self.context_window,
+            seed=self.model_seed,
         )
 
     @property

@@ -18,7 +18,7 @@ import pytest
 
 from server.backends import Backends, open_backends
 from server.settings import Settings, load_settings
-from tests.services import neo4j, postgres, redis
+from tests.services import llama, neo4j, postgres, redis
 from tests.services.base import Running, ServiceUnavailable
 
 _ENV_PREFIXES = ("SCRIBE_", "OPENAI_")
@@ -181,6 +181,16 @@ def redis_key_prefix(redis_server: Running) -> Iterator[str]:
         yield prefix
     finally:
         redis.delete_keys(redis_server.url, prefix)
+
+
+@pytest.fixture(scope="session")
+def llm_server(use_service: UseService) -> Running:
+    """An OpenAI-compatible LLM; ``.url`` is a base URL ending in ``/v1``.
+
+    ``.extra`` has ``model`` (the name to request) and ``api_key``; a local
+    ``llama-server`` (SmolLM2-135M) also has ``context_window`` and ``path`` (the GGUF).
+    """
+    return use_service("llm", llama.start)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -113,7 +113,9 @@ def test_standard_langsmith_variables_trace_every_agent(tmp_path: Path, langsmit
     assert text, f"LangSmith received no runs: {[p for p, _ in _Collector.bodies]}"
     for name in (
         "director.story_plan",
-        "worldsmith.world_seed",
+        "worldsmith.world_places",
+        "worldsmith.world_cast",
+        "worldsmith.world_links",
         "writer.chapter_draft",
         "reviewer.chapter_review",
     ):

@@ -38,6 +38,11 @@ from nodes.schemas import (
     StoryPlanInput,
     Verdict,
     WorldBrief,
+    WorldCast,
+    WorldCastInput,
+    WorldLinks,
+    WorldLinksInput,
+    WorldPlaces,
     WorldSeed,
     WorldSeedInput,
 )
@@ -137,13 +142,28 @@ async def plan_and_seed(model: OfflineChatModel, premise: str, chapters: int) ->
     plan = StoryPlan.model_validate_json(
         await ask(model, "story_plan", StoryPlanInput(premise=premise, chapters=chapters))
     )
-    seed = WorldSeed.model_validate_json(
+    book = WorldSeedInput(premise=premise, bible=plan.bible, outline=plan.outline)
+    places = WorldPlaces.model_validate_json(await ask(model, "world_places", book))
+    cast = WorldCast.model_validate_json(
         await ask(
             model,
-            "world_seed",
-            WorldSeedInput(premise=premise, bible=plan.bible, outline=plan.outline),
+            "world_cast",
+            WorldCastInput(
+                **book.model_dump(),
+                locations=[p.name for p in places.locations],
+                factions=[f.name for f in places.factions],
+            ),
         )
     )
+    names = [c.name for c in cast.characters]
+    links = WorldLinks.model_validate_json(
+        await ask(
+            model,
+            "world_links",
+            WorldLinksInput(**book.model_dump(), characters=names, names=names),
+        )
+    )
+    seed = WorldSeed(characters=cast.characters, **places.model_dump(), **links.model_dump())
     return Book(plan, seed)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 RetryCause = Literal["invalid", "truncated", "refusal", "empty", "loop", "too_short"]
 """Why an answer was asked for again (recorded with the call that re-asks)."""
@@ -121,6 +121,26 @@ def _ngram_loop(text: str, policy: LoopPolicy) -> int | None:
         if counts[gram] >= policy.ngram_repeats:
             return first_repeat[gram]
     return None
+
+
+def unlooped(value: Any) -> Any:
+    """A parsed JSON answer with repetition loops cut out of its strings (a string that
+    loops keeps its sentences before the loop) and exact repeats dropped from lists of
+    strings: small models loop inside JSON strings just as in prose."""
+    if isinstance(value, str):
+        start = loop_start(value)
+        if start is None:
+            return value
+        kept = complete_sentences(value[:start]) or value[:start].strip()
+        return kept or value
+    if isinstance(value, list):
+        items = [unlooped(item) for item in value]
+        if all(isinstance(item, str) for item in items):
+            return list(dict.fromkeys(items))
+        return items
+    if isinstance(value, dict):
+        return {key: unlooped(item) for key, item in value.items()}
+    return value
 
 
 class LoopGuard:

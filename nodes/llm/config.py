@@ -21,6 +21,9 @@ class ModelConfig:
     """How structured answers are asked for (``nodes/llm/structured.py``)."""
     context_window: int | None = None
     """Prompt plus answer, in tokens; ``None``: assume room (hosted long-context models)."""
+    seed: int | None = None
+    """Sampling seed sent with every request (reproducible runs where the endpoint
+    honours it); re-asks use seeds derived from it."""
 
 
 @dataclass(frozen=True)

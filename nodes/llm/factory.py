@@ -68,6 +68,7 @@ def build_chat_model(
             # Bound silent streams by the same limit rather than the library's env default.
             stream_chunk_timeout=config.timeout_s,
             max_retries=0,
+            seed=config.seed,
             streaming=True,
             stream_usage=True,
         )

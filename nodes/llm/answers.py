@@ -143,6 +143,51 @@ def unlooped(value: Any) -> Any:
     return value
 
 
+def closed_prefixes(text: str, limit: int = 64) -> list[str]:
+    """A JSON object cut off mid-answer, closed after each of its last complete members
+    (the latest first, at most ``limit``).
+
+    A model stopped by its token limit (often because it rambled inside one string) has
+    usually written several complete list items first: dropping the partial item and
+    closing the open arrays and objects lets what was complete still validate. The caller
+    takes the first candidate that validates (a cut inside an item leaves it without its
+    required fields; an earlier cut drops the item whole).
+    """
+    start = text.find("{")
+    if start < 0:
+        return []
+    stack: list[str] = []
+    in_string = escaped = False
+    cuts: list[tuple[int, tuple[str, ...]]] = []
+    for i in range(start, len(text)):
+        c = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+            continue
+        if c == '"':
+            in_string = True
+        elif c in "{[":
+            stack.append("}" if c == "{" else "]")
+        elif c in "}]":
+            if not stack:
+                return []
+            stack.pop()
+            if not stack:
+                return [text[start : i + 1]]  # complete after all
+            cuts.append((i + 1, tuple(stack)))
+        elif c == ",":
+            cuts.append((i, tuple(stack)))
+    return [
+        text[start:end].rstrip().rstrip(",") + "".join(reversed(open_))
+        for end, open_ in reversed(cuts[-limit:])
+    ]
+
+
 class LoopGuard:
     """Watches a streamed answer and says when it has fallen into a loop.
 

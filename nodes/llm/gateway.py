@@ -53,6 +53,7 @@ from memory.traces.port import ModelCall
 from nodes.llm.answers import (
     LoopGuard,
     RetryCause,
+    closed_prefixes,
     complete_sentences,
     cut_at_paragraph,
     is_refusal,
@@ -282,16 +283,39 @@ class ModelGateway:
         :class:`ModelOutputError` names the agent, task, chapter and the errors.
         """
         spec = _spec(task, inputs, structured=True)
-        call = self._call_for(spec, structured=True)
         schema = decoding_schema(output, constraints)
-        fitted = self._fit(spec, call, inputs, schema)
+        while True:
+            mode = self.mode_for(spec.agent)
+            call = self._call_for(spec, structured=True)
+            # Under constrained decoding the endpoint enforces the schema itself; showing
+            # it again in the prompt would only cost a small model's context.
+            fitted = self._fit(spec, call, inputs, schema, show_schema=mode != "json_schema")
+            try:
+                return await self._structured_answers(
+                    call, mode, fitted, schema, output, check, salvage
+                )
+            except _ModeRefused as refused:
+                self._step_down(call, mode, refused)
+
+    async def _structured_answers(
+        self,
+        call: _Call,
+        mode: StructuredMode,
+        fitted: Fitted,
+        schema: dict[str, Any],
+        output: type[T],
+        check: Callable[[T], Sequence[str]] | None,
+        salvage: Callable[[T], T] | None,
+    ) -> T:
+        """Up to the policy's number of requests for one structured answer in ``mode``."""
+        task = call.task
         base = fitted.messages
         conversation = base
         reask: RetryCause | None = None
         errors: list[str] = []
         causes: list[RetryCause] = []
         for _ in range(self._answer_attempts()):
-            answer = await self._answer_in_mode(call, conversation, schema, fitted, reask)
+            answer = await self._answer_in_mode(call, mode, conversation, schema, fitted, reask)
             if not answer.text.strip() or is_refusal(answer.text):
                 reask = "empty" if not answer.text.strip() else "refusal"
                 causes.append(reask)
@@ -308,6 +332,9 @@ class ModelGateway:
                 if check is None or not check(mended):
                     return mended
             if answer.finish_reason == "length" and candidate is None:
+                closed = _closed_answer(answer.text, output, check, salvage)
+                if closed is not None:
+                    return closed
                 reask = "truncated"
                 errors = [f"the answer was cut off at the token limit ({errors[0]})"]
                 conversation = _with_note(base, _TRUNCATED_NOTE)
@@ -445,6 +472,8 @@ class ModelGateway:
         inputs: BaseModel,
         schema: dict[str, Any] | None,
         target_words: int | None = None,
+        *,
+        show_schema: bool = True,
     ) -> Fitted:
         """The prompt, cut to the agent's context window (``nodes/llm/budget.py``), and
         the answer's token budget: the model's ``max_tokens``, the task's own cap (an
@@ -457,7 +486,7 @@ class ModelGateway:
             max_answer = min(max_answer, configured)
         fitted = fit(
             inputs,
-            lambda i: render_messages(spec.name, i, schema),
+            lambda i: render_messages(spec.name, i, schema, show_schema=show_schema),
             window=window,
             max_answer=max_answer,
             trims=spec.trims,
@@ -489,40 +518,40 @@ class ModelGateway:
     async def _answer_in_mode(
         self,
         call: _Call,
+        mode: StructuredMode,
         messages: list[BaseMessage],
         schema: dict[str, Any],
         fitted: Fitted,
         reask: RetryCause | None,
     ) -> _Answer:
-        """One structured request in the agent's mode, stepping down a refused mode."""
-        while True:
-            mode = self.mode_for(call.agent)
-            ask = _Ask(
-                response_format=response_format(mode, call.task, schema),
-                max_tokens=fitted.answer_tokens,
-                reask=reask,
-                seed=self._reask_seed(call, 1 + len(messages)) if reask else None,
-                # A small model's invalid or overlong JSON is mostly repetition.
-                penalties=reask in ("invalid", "truncated"),
-            )
-            try:
-                return await self._complete(call, messages, ask)
-            except _ModeRefused as refused:
-                weaker = fallback_mode(mode)
-                if weaker is None:  # pragma: no cover - prompt mode sends no response_format
-                    raise
-                self._refused[call.agent] = weaker
-                log.warning(
-                    "%s's endpoint (%s) refused structured output mode %s (%s); using %s "
-                    "from now on (set SCRIBE_%s__STRUCTURED_OUTPUT=%s to skip the probe)",
-                    call.agent,
-                    call.label,
-                    mode,
-                    refused,
-                    weaker,
-                    call.agent.upper(),
-                    weaker,
-                )
+        """One structured request in ``mode`` (:class:`_ModeRefused` if it is refused)."""
+        ask = _Ask(
+            response_format=response_format(mode, call.task, schema),
+            max_tokens=fitted.answer_tokens,
+            reask=reask,
+            seed=self._reask_seed(call, 1 + len(messages)) if reask else None,
+            # A small model's invalid or overlong JSON is mostly repetition.
+            penalties=reask in ("invalid", "truncated"),
+        )
+        return await self._complete(call, messages, ask)
+
+    def _step_down(self, call: _Call, mode: StructuredMode, refused: _ModeRefused) -> None:
+        """Use the next weaker mode for ``call.agent`` from now on, and say so once."""
+        weaker = fallback_mode(mode)
+        if weaker is None:  # pragma: no cover - prompt mode sends no response_format
+            raise refused
+        self._refused[call.agent] = weaker
+        log.warning(
+            "%s's endpoint (%s) refused structured output mode %s (%s); using %s from now on "
+            "(set SCRIBE_%s__STRUCTURED_OUTPUT=%s to skip the probe)",
+            call.agent,
+            call.label,
+            mode,
+            refused,
+            weaker,
+            call.agent.upper(),
+            weaker,
+        )
 
     def _runnable(
         self, call: _Call, place: CallPlace | None, ask: _Ask
@@ -1036,6 +1065,24 @@ def _parse_structured(
     if problems:
         return None, problems, result
     return result, [], result
+
+
+def _closed_answer(
+    answer: str,
+    output: type[T],
+    check: Callable[[T], Sequence[str]] | None,
+    salvage: Callable[[T], T] | None,
+) -> T | None:
+    """The complete part of an answer cut off at the token limit, if it is an answer."""
+    for closed in closed_prefixes(_THINK.sub("", answer)):
+        result, _, candidate = _parse_structured(closed, output, check)
+        if result is not None:
+            return result
+        if candidate is not None and salvage is not None:
+            mended = salvage(candidate)
+            if check is None or not check(mended):
+                return mended
+    return None
 
 
 def format_validation_errors(exc: ValidationError) -> list[str]:

@@ -35,7 +35,7 @@ from memory.errors import (
     ModelRefused,
     ModelUnavailable,
 )
-from nodes.llm.answers import word_count
+from nodes.llm.answers import loop_start, strip_wrapping, unlooped, word_count
 from nodes.llm.budget import prompt_tokens
 from nodes.llm.config import ModelConfig, RetryPolicy
 from nodes.llm.factory import build_chat_model, build_gateway
@@ -1050,3 +1050,35 @@ async def test_answer_cut_off_keeps_its_complete_items(server: FakeOpenAI) -> No
     assert len(server.requests) == 1  # nothing asked again
     assert [i.quote for i in verdict.issues] == ["cold brass", "cold brass"]
     assert verdict.summary == "Solid."
+
+
+@pytest.mark.parametrize(
+    ("answer", "prose"),
+    [
+        ("# Chapter 1: The Key\n\nThe sand was cold.", "The sand was cold."),
+        ("**The Key**\n\nThe sand was cold.\n\nWord count: 4", "The sand was cold."),
+        (
+            "I'd be happy to help you rewrite your chapter. Here's a revised version:\n\n"
+            "The sand was cold.",
+            "The sand was cold.",
+        ),
+        ("Sure! Here is the chapter.\n\nThe sand was cold.", "The sand was cold."),
+        # Prose that merely opens like a preamble stays.
+        (
+            "Here is what she saw when the tide went out.\n\nThe sand was cold.",
+            "Here is what she saw when the tide went out.\n\nThe sand was cold.",
+        ),
+        ("第一章 钥匙\n\n沙子很冷。", "沙子很冷。"),
+    ],
+)
+def test_what_models_wrap_around_prose_is_stripped(answer: str, prose: str) -> None:
+    assert strip_wrapping(answer) == prose
+
+
+def test_loops_are_found_and_cut_out_of_json_strings() -> None:
+    looping = "She is a brave one. " * 10
+    assert loop_start("A keeper lived by the sea. " + looping) is not None
+    assert loop_start("He nodded. He nodded. He nodded. Then he left.") is None
+    data = unlooped({"description": "Ada keeps the light. " + looping, "themes": ["a", "a"]})
+    assert data == {"description": "Ada keeps the light. She is a brave one.", "themes": ["a"]}
+    assert word_count("灯塔守护者找到了钥匙。 The key") == 12

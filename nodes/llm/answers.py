@@ -20,7 +20,11 @@ from typing import Any, Literal
 RetryCause = Literal["invalid", "truncated", "refusal", "empty", "loop", "too_short"]
 """Why an answer was asked for again (recorded with the call that re-asks)."""
 
-_WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3000]+")
+_WORD = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+    # Anything else between spaces, but not CJK punctuation on its own.
+    r"|[^\s\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
+)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -222,11 +226,22 @@ _CLOSING_NOTE = re.compile(
 )
 
 
+_PREAMBLE = re.compile(
+    r"^\s*(?:sure|certainly|of course|okay|ok|absolutely|here(?:'s| is| are)|"
+    r"i'd be (?:happy|glad)|i would be (?:happy|glad)|below is)\b"
+    r"(?:[^\n]{0,200}:|[^\n]{0,200}\b(?:chapter|draft|version|revision|rewrite)\b[^\n]{0,80})\s*$",
+    re.IGNORECASE,
+)
+
+
 def strip_wrapping(text: str) -> str:
-    """The prose without the heading lines and closing notes models add against the
-    instructions (``# Chapter 1: The Key``, ``**The Key**``, ``Word count: 412``)."""
+    """The prose without what models add around it against the instructions: a chatty
+    first line ("Sure! Here's the revised chapter:"), heading lines (``# Chapter 1: The
+    Key``, ``**The Key**``) and closing notes (``Word count: 412``)."""
     lines = text.strip().splitlines()
-    while lines and (not lines[0].strip() or _HEADING.match(lines[0])):
+    while len(lines) > 1 and (
+        not lines[0].strip() or _HEADING.match(lines[0]) or _PREAMBLE.match(lines[0])
+    ):
         lines.pop(0)
     body = "\n".join(lines).strip()
     while True:

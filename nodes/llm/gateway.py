@@ -323,14 +323,9 @@ class ModelGateway:
                 conversation = base
                 continue
             result, errors, candidate = _parse_structured(answer.text, output, check)
-            if result is not None:
-                return result
-            if candidate is not None and salvage is not None:
-                # A schema-valid answer failing a domain check is mended mechanically
-                # where it can be (cheaper and surer than asking a small model again).
-                mended = salvage(candidate)
-                if check is None or not check(mended):
-                    return mended
+            accepted = _accepted(result, candidate, check, salvage)
+            if accepted is not None:
+                return accepted
             if answer.finish_reason == "length" and candidate is None:
                 closed = _closed_answer(answer.text, output, check, salvage)
                 if closed is not None:
@@ -1076,12 +1071,27 @@ def _closed_answer(
     """The complete part of an answer cut off at the token limit, if it is an answer."""
     for closed in closed_prefixes(_THINK.sub("", answer)):
         result, _, candidate = _parse_structured(closed, output, check)
-        if result is not None:
-            return result
-        if candidate is not None and salvage is not None:
-            mended = salvage(candidate)
-            if check is None or not check(mended):
-                return mended
+        accepted = _accepted(result, candidate, check, salvage)
+        if accepted is not None:
+            return accepted
+    return None
+
+
+def _accepted(
+    result: T | None,
+    candidate: T | None,
+    check: Callable[[T], Sequence[str]] | None,
+    salvage: Callable[[T], T] | None,
+) -> T | None:
+    """The answer to use: a valid one, else a schema-valid one that fails a domain check
+    mended mechanically where it can be (cheaper and surer than asking a small model
+    again), else ``None``."""
+    if result is not None:
+        return result
+    if candidate is not None and salvage is not None:
+        mended = salvage(candidate)
+        if check is None or not check(mended):
+            return mended
     return None
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import fcntl
 import fnmatch
 import glob
 import hashlib
@@ -55,7 +54,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.services.base import Running, ServiceUnavailable, free_port
+from tests.services.base import Running, ServiceUnavailable, file_lock, free_port
 
 URL_ENV = "SCRIBE_TEST_LLM_URL"
 MODEL_ENV = "SCRIBE_TEST_LLM_MODEL"
@@ -177,18 +176,6 @@ MODELS: dict[str, Model] = {
 def cache_root() -> Path:
     """``~/.cache/infinitescribe`` (or under ``$XDG_CACHE_HOME``)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "infinitescribe"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise builds and downloads across test processes (e.g. pytest-xdist workers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _reap_scratch(parent: Path, prefix: str) -> None:
@@ -366,7 +353,7 @@ def build_server() -> tuple[Path, bool]:
     binary = target / "bin" / "llama-server"
     if binary.is_file():
         return binary, False
-    with _locked(target.parent / f"{target.name}.lock"):
+    with file_lock(target.parent / f"{target.name}.lock"):
         if binary.is_file():
             return binary, False
         cmake = _tool("cmake")
@@ -475,7 +462,7 @@ def ensure_model(name: str) -> Path:
     target = model_path(name)
     if _cached_ok(model, target):
         return target
-    with _locked(target.parent / f"{name}.lock"):
+    with file_lock(target.parent / f"{name}.lock"):
         if _cached_ok(model, target):
             return target
         _reap_scratch(target.parent, f"{name}.")

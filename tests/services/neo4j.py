@@ -11,7 +11,6 @@ first start pays for Maven; later ones just start the JVM.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -20,11 +19,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.services.base import Running, ServiceUnavailable, free_port
+from tests.services.base import Running, ServiceUnavailable, file_lock, free_port
 
 LAUNCHER_DIR = Path(__file__).parent / "neo4j_launcher"
 POM = LAUNCHER_DIR / "pom.xml"
@@ -59,18 +58,6 @@ def cache_dir() -> Path:
     return root / "infinitescribe" / f"neo4j-{neo4j_version()}-{digest}"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise builds across test processes (e.g. pytest-xdist workers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:
@@ -94,7 +81,7 @@ def build_launcher() -> tuple[Path, bool]:
     target = cache_dir()
     if (target / "classpath.txt").is_file():
         return target, False
-    with _locked(target.parent / f"{target.name}.lock"):
+    with file_lock(target.parent / f"{target.name}.lock"):
         if (target / "classpath.txt").is_file():
             return target, False
         mvn, javac = _tool("mvn"), _tool("javac")

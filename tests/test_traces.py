@@ -56,6 +56,8 @@ MODEL_NODES = {
     "writer": "writer",
     "reviewer": "reviewer",
 }
+CALLS_PER_STEP = {"worldsmith_seed": 3}
+"""Model calls per node step where there is more than one (places, cast, links)."""
 ID_KEYS = frozenset({"novel_id", "draft_id"})
 """State keys that hold ids: a replay on a new thread has its own."""
 
@@ -182,7 +184,9 @@ async def test_a_cli_run_records_every_model_call(cli_book: Book) -> None:
         # one call per model-calling node step (the offline model never needs a repair)
         model_steps = [s for s in steps if s.node in MODEL_NODES]
         assert {(c.step, c.task_id) for c in calls} == {(s.step, s.task_id) for s in model_steps}
-        per_agent = Counter(MODEL_NODES[s.node] for s in model_steps)
+        per_agent: Counter[str] = Counter()
+        for s in model_steps:
+            per_agent[MODEL_NODES[s.node]] += CALLS_PER_STEP.get(s.node, 1)
         assert Counter(c.agent for c in calls) == per_agent
         usage = await store.usage(run_id=run.run_id)
         assert {a.agent: a.calls for a in usage.agents} == dict(per_agent)
@@ -220,17 +224,18 @@ async def test_a_cli_run_records_every_model_call(cli_book: Book) -> None:
         for call in calls:
             assert (call.structured is None) == (call.agent == "writer")
 
-        # the recorded writer answers are the stored drafts
+        # the stored drafts are the recorded writer answers (cut at a paragraph end when
+        # one runs far past the target length)
         writer_steps = [s for s in steps if s.node == "writer"]
         by_task = {c.task_id: c for c in calls}
         for step in writer_steps:
             assert step.update is not None
             version = await backends.store.get_version(step.update["draft_id"])
-            assert version.text == by_task[step.task_id].answer.strip()
+            assert by_task[step.task_id].answer.strip().startswith(version.text)
         accepted = await backends.store.list_chapters(cli_book.session_id)
-        drafts = {c.answer.strip() for c in calls if c.agent == "writer"}
+        drafts = [c.answer.strip() for c in calls if c.agent == "writer"]
         assert [c.number for c in accepted] == list(range(1, CHAPTERS + 1))
-        assert all(c.text in drafts for c in accepted)
+        assert all(any(d.startswith(c.text) for d in drafts) for c in accepted)
 
 
 # --- full replay ------------------------------------------------------------------------

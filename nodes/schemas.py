@@ -344,9 +344,12 @@ class ReviewInput(_Model):
 class Verdict(_Model):
     """Reviewer answer. Every issue's ``quote`` must occur verbatim in the draft."""
 
+    # Order matters under constrained decoding: the model writes fields in this order, so
+    # an answer cut off at the token limit inside the issues still has its scores and
+    # summary (the gateway keeps the complete part of a cut-off answer).
     scores: Scores
-    issues: list[ReviewIssue] = Field(default_factory=list, max_length=20)
     summary: str = Field(min_length=1, max_length=1200)
+    issues: list[ReviewIssue] = Field(default_factory=list, max_length=20)
 
 
 # --- worldsmith: chapter changes ------------------------------------------------------

@@ -341,18 +341,11 @@ class ModelGateway:
                     HumanMessage(_structured_repair(task, errors)),
                 ]
             causes.append(reask)
-        where = _chapter_phrase()
-        if causes and all(c in ("refusal", "empty") for c in causes):
-            raise ModelRefused(
-                f"{call.agent} refused or left empty every {task} answer{where} "
-                f"({len(causes)} attempts): " + _summarise(errors),
-                agent=call.agent,
-                task=task,
-                chapter=_chapter(),
-                errors=errors,
-            )
-        raise ModelOutputError(
-            f"{call.agent} returned an invalid {task} answer{where} after "
+        refused = bool(causes) and all(c in ("refusal", "empty") for c in causes)
+        what = "refused or left empty every" if refused else "returned an invalid"
+        error = ModelRefused if refused else ModelOutputError
+        raise error(
+            f"{call.agent} {what} {task} answer{_chapter_phrase()} after "
             f"{len(causes)} attempts: " + _summarise(errors),
             agent=call.agent,
             task=task,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,18 @@ async def test_app_constraints_have_conventional_names(engine: AsyncEngine) -> N
     # Sanity: the models really use the tables module imported above.
     assert memory.app.tables.NovelRow.__table__ is Base.metadata.tables["novels"]
     assert memory.traces.tables.ModelCallRow.__table__ is Base.metadata.tables["model_calls"]
+
+
+async def test_databases_migrate_at_once_in_one_process(tmp_path: Path) -> None:
+    """Two stores set up together on one event loop (two sessions of a benchmark, say):
+    Alembic keeps its context in module globals, so they must take turns, not clash."""
+
+    engines = [make_engine(f"sqlite+aiosqlite:///{tmp_path / f'db{i}.db'}") for i in range(3)]
+    try:
+        await asyncio.gather(*(upgrade_to_head(e) for e in engines))
+        for e in engines:
+            assert await _tables(e) == set(Base.metadata.tables)
+            assert await _current(e) is not None
+    finally:
+        for e in engines:
+            await e.dispose()

@@ -189,8 +189,8 @@ def _pct(part: float, whole: float) -> str:
     return f"{100.0 * part / whole:.0f}%" if whole else "-"
 
 
-def format_table(results: list[BookResult], chapters: int) -> str:
-    """One row per model."""
+def format_table(results: list[BookResult], walls: dict[str, float]) -> str:
+    """One row per model; ``s / chapter`` is the model's whole wall time per chapter written."""
     models = list(dict.fromkeys(r.model for r in results))
     header = (
         "| model | books done | first-try valid | re-asks / structured step | "
@@ -223,7 +223,7 @@ def format_table(results: list[BookResult], chapters: int) -> str:
             f"{sum(r.findings for r in rows) / written:.2f} | "
             f"{sum(r.output_tokens for r in rows) / written:.0f} | "
             f"{statistics.mean(words) if words else 0:.0f} | "
-            f"{sum(r.wall_s for r in rows) / written:.0f} |"
+            f"{walls.get(model, sum(r.wall_s for r in rows)) / written:.0f} |"
         )
     return "\n".join(lines)
 
@@ -236,41 +236,56 @@ def format_failures(results: list[BookResult]) -> str:
     return "\n".join(f"- {r.model} seed {r.seed}: {r.status}: {r.error}" for r in failed)
 
 
-async def bench(args: argparse.Namespace) -> list[BookResult]:
-    """Every model's books, one model server at a time."""
+async def bench(args: argparse.Namespace) -> tuple[list[BookResult], dict[str, float]]:
+    """Every model's books, one model server at a time; ``--parallel`` books at once.
+
+    Returns the books and each model's wall time (all its books, end to end).
+    """
     from tests.services import llama
 
     results: list[BookResult] = []
+    walls: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="scribe-real-model-") as tmp:
         for model in args.models:
             started = time.perf_counter()
-            llm = llama.start_model(Path(tmp) / model, model, context=args.context)
+            llm = llama.start_model(
+                Path(tmp) / model, model, context=args.context, slots=args.parallel
+            )
             print(
                 f"{model}: llama-server up in {time.perf_counter() - started:.1f} s "
-                f"({llm.url}, context {args.context})",
+                f"({llm.url}, context {args.context}, {args.parallel} slot(s))",
                 file=sys.stderr,
             )
-            try:
-                for i in range(args.books):
-                    seed = args.seed + i
-                    premise, genre = PREMISES[i % len(PREMISES)], GENRES[i % len(GENRES)]
+            began = time.perf_counter()
+            pool = asyncio.Semaphore(args.parallel)
+
+            async def one(
+                i: int, model: str = model, llm: Any = llm, pool: asyncio.Semaphore = pool
+            ) -> None:
+                seed = args.seed + i
+                premise, genre = PREMISES[i % len(PREMISES)], GENRES[i % len(GENRES)]
+                async with pool:
                     book = await write_book(
                         Path(tmp) / model / f"book-{i}", llm, premise, genre, seed, args
                     )
-                    results.append(book)
-                    print(
-                        f"  book {i + 1}/{args.books} seed {seed}: {book.status} in "
-                        f"{book.wall_s:.0f} s, {book.chapters} chapters, "
-                        f"{book.output_tokens} output tokens, re-asks {book.reasks or 'none'}"
-                        + (f" — {book.error}" if book.error else ""),
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    if args.json:
-                        await asyncio.to_thread(_save, Path(args.json), results)
+                results.append(book)
+                print(
+                    f"  {model} book {i + 1}/{args.books} seed {seed}: {book.status} in "
+                    f"{book.wall_s:.0f} s, {book.chapters} chapters, "
+                    f"{book.output_tokens} output tokens, re-asks {book.reasks or 'none'}"
+                    + (f" — {book.error}" if book.error else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if args.json:
+                    await asyncio.to_thread(_save, Path(args.json), results)
+
+            try:
+                await asyncio.gather(*(one(i) for i in range(args.books)))
             finally:
+                walls[model] = time.perf_counter() - began
                 llm.stop()
-    return results
+    return results, walls
 
 
 def main() -> None:
@@ -285,16 +300,22 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="books written at once, each in its own server slot (batched decoding)",
+    )
     parser.add_argument("--json", help="also write every book's figures to this file")
     args = parser.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    results = asyncio.run(bench(args))
+    results, walls = asyncio.run(bench(args))
     print(
         f"\n{args.books} books x {args.chapters} chapters of ~{args.words} words per model, "
         f"max {args.max_revisions} revision(s) per chapter, temperature {args.temperature}, "
-        f"context {args.context}:\n"
+        f"context {args.context}, {args.parallel} book(s) at once:\n"
     )
-    print(format_table(results, args.chapters))
+    print(format_table(results, walls))
     print()
     print(format_failures(results))
 

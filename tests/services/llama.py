@@ -548,8 +548,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _command(
-    binary: Path, weights: Path, alias: str, host: str, port: int, context: int, threads: int
+    binary: Path,
+    weights: Path,
+    alias: str,
+    host: str,
+    port: int,
+    context: int,
+    threads: int,
+    slots: int = 1,
 ) -> list[str]:
+    # llama-server splits ``-c`` between its slots: each request gets ``context``.
     return [
         str(binary),
         "-m",
@@ -563,9 +571,9 @@ def _command(
         "-t",
         str(threads),
         "-c",
-        str(context),
+        str(context * slots),
         "--parallel",
-        "1",
+        str(slots),
         "--jinja",
         "--no-webui",
     ]
@@ -634,6 +642,7 @@ def _start_local(
     *,
     context: int,
     threads: int | None,
+    slots: int = 1,
     host: str = "127.0.0.1",
     port: int | None = None,
     timeout: float = START_TIMEOUT_S,
@@ -653,7 +662,7 @@ def _start_local(
         chosen = port if port is not None else free_port()
         log = run_dir / f"llama-server-{chosen}.log"
         base = f"http://{host}:{chosen}"
-        command = _command(binary, weights, name, host, chosen, context, threads)
+        command = _command(binary, weights, name, host, chosen, context, threads, slots)
         try:
             process = _launch(command, log, base, name, timeout)
             break
@@ -674,6 +683,7 @@ def _start_local(
             "api_key": LOCAL_API_KEY,
             "description": model.description,
             "threads": threads,
+            "slots": slots,
             "port": chosen,
             "pid": process.pid,
             "log": log,
@@ -698,14 +708,18 @@ def start_model(
     context: int = DEFAULT_CONTEXT,
     threads: int | None = None,
     port: int | None = None,
+    slots: int = 1,
 ) -> Running:
     """A fresh ``llama-server`` serving model ``name`` (also its alias) under ``workdir``.
 
-    ``threads`` defaults to the CPU count, ``port`` to a free one. ``extra`` holds
+    ``threads`` defaults to the CPU count, ``port`` to a free one. ``slots`` requests are
+    decoded together (batched), each with a ``context``-token window. ``extra`` holds
     ``model``, ``context_window``, ``path`` (the GGUF), ``api_key``, ``cold`` and the
     ``build_seconds``, ``download_seconds`` and ``launch_seconds`` of this start.
     """
-    running, _ = _start_local(workdir, name, context=context, threads=threads, port=port)
+    running, _ = _start_local(
+        workdir, name, context=context, threads=threads, port=port, slots=slots
+    )
     return running
 
 

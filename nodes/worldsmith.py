@@ -72,12 +72,47 @@ def _names(items: list[PlaceSeed]) -> list[str]:
     return list(dict.fromkeys(n for item in items for n in (item.name, *item.aliases)))
 
 
-def cast_constraints(places: WorldPlaces) -> dict[str, dict[str, Any]]:
-    """Schema narrowing: characters start at a location of the world, in one of its
-    factions."""
-    narrowed: dict[str, dict[str, Any]] = {
-        "characters[].location": {"enum": _names(places.locations)}
+SEED_DESCRIPTION_CHARS = 240
+"""A seeded entity's description is a sentence or two; its facts accrue chapter by chapter."""
+
+
+def world_size(chapters: int) -> dict[str, int]:
+    """How many of each kind a book of ``chapters`` chapters starts with, at most.
+
+    The world grows with every chapter's facts; seeding a short book with sixteen places
+    only makes a slow model write (and the writer read) entities no chapter visits.
+    """
+    return {
+        "locations": min(16, 2 + chapters),
+        "factions": min(8, 1 + chapters // 3),
+        "items": min(12, 1 + chapters),
+        "rules": min(8, 1 + chapters // 3),
+        "characters": min(16, 3 + chapters),
+        "relationships": min(32, 2 * (3 + chapters)),
+        "setups": min(16, max(1, chapters)),
     }
+
+
+def _sized(chapters: int, *fields: str) -> dict[str, dict[str, Any]]:
+    size = world_size(chapters)
+    narrowed: dict[str, dict[str, Any]] = {}
+    for field in fields:
+        narrowed[field] = {"maxItems": size[field]}
+        if field in ("locations", "factions", "items", "rules", "characters"):
+            narrowed[f"{field}[].description"] = {"maxLength": SEED_DESCRIPTION_CHARS}
+    return narrowed
+
+
+def places_constraints(chapters: int) -> dict[str, dict[str, Any]]:
+    """Schema narrowing: a world sized to the book."""
+    return _sized(chapters, "locations", "factions", "items", "rules")
+
+
+def cast_constraints(places: WorldPlaces, chapters: int) -> dict[str, dict[str, Any]]:
+    """Schema narrowing: a cast sized to the book, starting at locations of the world,
+    in its factions."""
+    narrowed = _sized(chapters, "characters")
+    narrowed["characters[].location"] = {"enum": _names(places.locations)}
     if places.factions:
         narrowed["characters[].faction"] = {"enum": _names(places.factions)}
     return narrowed
@@ -86,6 +121,7 @@ def cast_constraints(places: WorldPlaces) -> dict[str, dict[str, Any]]:
 def links_constraints(names: list[str], chapters: int) -> dict[str, dict[str, Any]]:
     """Schema narrowing: links join known names; set-ups fall within the book."""
     return {
+        **_sized(chapters, "relationships", "setups"),
         "relationships[].subject": {"enum": names},
         "relationships[].object": {"enum": names},
         "setups[].entities[]": {"enum": names},
@@ -97,7 +133,9 @@ def links_constraints(names: list[str], chapters: int) -> dict[str, dict[str, An
 async def build_seed(models: ModelGateway, book: WorldSeedInput, chapters: int) -> WorldSeed:
     """The world before chapter 1, in three answers: places and things, then the cast
     placed among them, then the relationships and set-ups between the names so far."""
-    places = await models.structured("world_places", book, WorldPlaces)
+    places = await models.structured(
+        "world_places", book, WorldPlaces, constraints=places_constraints(chapters)
+    )
     cast = await models.structured(
         "world_cast",
         WorldCastInput(
@@ -106,7 +144,7 @@ async def build_seed(models: ModelGateway, book: WorldSeedInput, chapters: int) 
             factions=_names(places.factions),
         ),
         WorldCast,
-        constraints=cast_constraints(places),
+        constraints=cast_constraints(places, chapters),
     )
     people = list(dict.fromkeys(c.name for c in cast.characters))
     names = list(

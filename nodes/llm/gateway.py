@@ -56,13 +56,14 @@ from nodes.llm.answers import (
     closed_prefixes,
     complete_sentences,
     cut_at_paragraph,
+    echo_start,
     is_refusal,
     loop_start,
     strip_wrapping,
     unlooped,
     word_count,
 )
-from nodes.llm.budget import Fitted, fit
+from nodes.llm.budget import MIN_ANSWER_TOKENS, Fitted, estimate_tokens, fit
 from nodes.llm.config import RetryPolicy
 from nodes.llm.structured import (
     Constraints,
@@ -132,6 +133,8 @@ class _Ask:
     penalties: bool = False
     guard: bool = False
     """Watch the streamed answer for repetition loops (and stop it when one starts)."""
+    continues: str = ""
+    """The text this answer continues: the loop guard watches the two together."""
 
     def bindings(self) -> dict[str, Any]:
         """Request fields to bind on the chat model."""
@@ -164,6 +167,8 @@ class _Ask:
                 recorded[key] = value
         if self.penalties:
             recorded["penalties"] = True
+        if self.continues:
+            recorded["continues_words"] = word_count(self.continues)
         return recorded
 
 
@@ -356,77 +361,101 @@ class ModelGateway:
     async def prose(self, task: str, inputs: BaseModel, *, target_words: int | None = None) -> str:
         """Ask the task's agent for free text of about ``target_words`` words.
 
-        The answer is cleaned of headings and notes. A repetition loop is stopped while
-        it streams and asked again with another seed and repetition penalties; a refusal
-        or an empty answer is asked again; an answer cut off at the token limit loses its
-        unfinished sentence; one far longer than the target is cut at a paragraph end and
-        one far too short is asked again with its length. When the re-asks are spent the
-        best usable answer is kept (the text before a loop, a short draft of at least
-        :data:`MIN_SHORT_RATIO` of the target); with none, :class:`ModelRefused` or
-        :class:`ModelOutputError` names the agent, task and chapter.
+        The answer is cleaned of headings and notes. A repetition loop is stopped while it
+        streams; the text before it is kept and the model asked to continue from there
+        (another seed, repetition penalties), and so is an answer that ends far short of
+        the target: small models that cannot hold a whole chapter in one go still get
+        there in pieces. A refusal or an empty answer is asked again; an answer cut off at
+        the token limit loses its unfinished sentence; one far longer than the target is
+        cut at a paragraph end. A request that adds less than :data:`MIN_GAIN_RATIO` of the
+        target is a failed attempt; when the policy's attempts have failed, the text so far
+        is kept if it reaches :data:`MIN_SHORT_RATIO` of the target, else
+        :class:`ModelRefused` or :class:`ModelOutputError` names the agent, task and
+        chapter.
         """
         spec = _spec(task, inputs, structured=False)
         call = self._call_for(spec, structured=False)
         fitted = self._fit(spec, call, inputs, None, target_words)
         base = fitted.messages
+        attempts = self._answer_attempts()
+        min_gain = max(1, round((target_words or 0) * MIN_GAIN_RATIO))
+        kept = ""  # the usable text so far, which the next request continues
         note: str | None = None
         reask: RetryCause | None = None
         causes: list[RetryCause] = []
         problems: list[str] = []
-        fallback = ""
-        for attempt in range(self._answer_attempts()):
+        failures = requests = 0
+        while failures < attempts and requests < attempts * CONTINUATIONS_PER_ATTEMPT:
+            requests += 1
             ask = _Ask(
-                max_tokens=fitted.answer_tokens,
+                max_tokens=_rest_of_budget(fitted.answer_tokens, kept),
                 reask=reask,
-                seed=self._reask_seed(call, attempt) if attempt else None,
+                seed=self._reask_seed(call, requests - 1) if requests > 1 else None,
                 penalties=reask == "loop",
                 guard=True,
+                continues=kept,
             )
-            messages = base if note is None else _with_note(base, note)
-            answer = await self._complete(call, messages, ask)
-            text = strip_wrapping(_clean_prose(answer.text))
-            if answer.looped or loop_start(text) is not None:
-                cut = complete_sentences(text[: loop_start(text) or len(text)])
-                fallback = _longer(fallback, cut)
-                reask, note = "loop", _LOOP_NOTE
-                problems.append(f"repetition loop after {word_count(cut)} words")
-            elif not text:
-                reask, note = "empty", None
-                problems.append("empty answer")
-            elif is_refusal(text):
-                reask, note = "refusal", _REFUSAL_NOTE
-                problems.append(f"refusal: {text[:120]!r}")
+            if kept:
+                messages = _continuing(base, kept, target_words)
             else:
-                if answer.finish_reason == "length":
-                    text = complete_sentences(text)
-                if target_words is None:
-                    return text
-                words = word_count(text)
+                messages = base if note is None else _with_note(base, note)
+            answer = await self._complete(call, messages, ask)
+            piece = strip_wrapping(_clean_prose(answer.text))
+            if not piece or is_refusal(piece):
+                reask = "empty" if not piece else "refusal"
+                note = _REFUSAL_NOTE if piece else None
+                problems.append("empty answer" if not piece else f"refusal: {piece[:120]!r}")
+                causes.append(reask)
+                failures += 1
+                continue
+            echo = echo_start(kept, piece) if kept else None
+            if echo is not None:
+                # It went back over the text it continues: keep only what came before.
+                piece = complete_sentences(piece[:echo])
+                problems.append(f"repeated the text it continued after {word_count(piece)} words")
+            text = _joined(kept, piece)
+            start = loop_start(text)
+            looped = answer.looped or start is not None or echo is not None
+            if looped:
+                # A loop can only begin in the new text: the kept text had none.
+                end = len(text) if start is None else max(start, len(kept))
+                text = complete_sentences(text[:end]) or kept
+                if echo is None:
+                    problems.append(f"repetition loop after {word_count(text)} words")
+            elif answer.finish_reason == "length":
+                text = complete_sentences(text) or kept
+            if target_words is None and not looped:
+                return text
+            words = word_count(text)
+            if target_words is not None:
                 if words > target_words * MAX_LONG_RATIO:
                     return cut_at_paragraph(text, round(target_words * KEEP_LONG_RATIO))
-                if words >= target_words * MIN_SHORT_RATIO * 2 or words >= target_words * 0.5:
+                if words >= target_words * (ENOUGH_LOOPED_RATIO if looped else ENOUGH_RATIO):
                     return text
-                fallback = _longer(fallback, text)
-                reask = "truncated" if answer.finish_reason == "length" else "too_short"
-                note = _short_note(words, target_words)
+            if not looped:
                 problems.append(f"{words} words for a target of {target_words}")
+            if words - word_count(kept) < min_gain:
+                failures += 1
+            if words > word_count(kept):
+                kept = text
+            reask = "loop" if looped else "too_short"
             causes.append(reask)
         floor = target_words * MIN_SHORT_RATIO if target_words else 1
-        if fallback and word_count(fallback) >= floor:
+        if kept and word_count(kept) >= floor:
             log.warning(
-                "%s kept its best %s answer%s (%d words) after %d attempts: %s",
+                "%s kept its %s%s at %d words after %d requests: %s",
                 call.agent,
                 task,
                 _chapter_phrase(),
-                word_count(fallback),
-                len(causes),
+                word_count(kept),
+                requests,
                 "; ".join(problems),
             )
-            return fallback
+            return kept
         error = ModelRefused if all(c in ("refusal", "empty") for c in causes) else ModelOutputError
         raise error(
             f"{call.agent} gave no usable {task} answer{_chapter_phrase()} after "
-            f"{len(causes)} attempts: " + _summarise(problems),
+            f"{requests} requests: " + _summarise(problems),
             agent=call.agent,
             task=task,
             chapter=_chapter(),
@@ -606,7 +635,11 @@ class ModelGateway:
             outcome.attempts = attempt
             try:
                 return await _stream_text(
-                    runnable, messages, config, outcome, LoopGuard() if ask.guard else None
+                    runnable,
+                    messages,
+                    config,
+                    outcome,
+                    LoopGuard(prefix=ask.continues) if ask.guard else None,
                 )
             except ScribeError:
                 raise
@@ -647,9 +680,17 @@ MAX_LONG_RATIO = 1.75
 """A prose answer longer than this many times its target is cut..."""
 KEEP_LONG_RATIO = 1.3
 """...at the last paragraph end within this many times the target."""
+ENOUGH_RATIO = 0.5
+"""A prose answer the model ended itself is accepted from this share of its target..."""
+ENOUGH_LOOPED_RATIO = 0.8
+"""...and the text before a loop (which stops mid-scene) from this share; shorter text is
+continued."""
+MIN_GAIN_RATIO = 0.1
+"""A request that adds less than this share of the target counts as a failed attempt."""
+CONTINUATIONS_PER_ATTEMPT = 2
+"""Requests allowed per attempt, so continuations that keep adding text are bounded too."""
 MIN_SHORT_RATIO = 0.3
-"""Shorter than half the target is asked again; when the re-asks are spent, the longest
-answer is kept if it reaches this share of the target."""
+"""When the attempts are spent, the text so far is kept if it reaches this share."""
 
 _TRUNCATED_NOTE = (
     "Your previous answer was cut off at the length limit before the JSON was complete. "
@@ -666,11 +707,38 @@ _REFUSAL_NOTE = (
 )
 
 
-def _short_note(words: int, target: int) -> str:
-    return (
-        f"Your previous answer had only {words} words, far short of the target. Write the "
-        f"whole chapter at about {target} words: let every beat play out as a scene."
-    )
+def _continuing(messages: list[BaseMessage], kept: str, target: int | None) -> list[BaseMessage]:
+    """The conversation asking the model to go on from ``kept`` (its own text so far).
+
+    A user turn rather than a pre-filled assistant turn: OpenAI-style APIs answer a
+    trailing assistant message with a new message, not a continuation of it.
+    """
+    so_far = f"It has {word_count(kept)} words" + (f" of about {target}" if target else "")
+    return [
+        *messages,
+        AIMessage(kept),
+        HumanMessage(
+            f"{so_far}. Continue it from exactly where it stops: write only the new text, "
+            "without repeating or summarising anything above, carrying the scene on through "
+            "the remaining beats to the end. Every sentence must be new."
+        ),
+    ]
+
+
+def _joined(kept: str, piece: str) -> str:
+    if not kept or not piece.strip():
+        return kept or piece
+    # A continuation that starts mid-paragraph reads on; one that starts a new one is kept so.
+    glue = " " if piece[:1].islower() or piece[:1] in ",;:—-" else "\n\n"
+    return f"{kept.rstrip()}{glue}{piece.lstrip()}"
+
+
+def _rest_of_budget(answer_tokens: int, kept: str) -> int:
+    """The answer budget left for a continuation of ``kept`` (the prompt grows by as much
+    as the budget shrinks, so the request still fits the context window)."""
+    if not kept:
+        return answer_tokens
+    return max(MIN_ANSWER_TOKENS, answer_tokens - estimate_tokens(kept))
 
 
 def _with_note(messages: list[BaseMessage], note: str) -> list[BaseMessage]:
@@ -679,10 +747,6 @@ def _with_note(messages: list[BaseMessage], note: str) -> list[BaseMessage]:
     *head, last = messages
     content = last.content if isinstance(last.content, str) else str(last.content)
     return [*head, HumanMessage(f"{content}\n\n{note}")]
-
-
-def _longer(a: str, b: str) -> str:
-    return b if word_count(b) > word_count(a) else a
 
 
 def _chapter() -> int | None:

@@ -17,7 +17,8 @@ time. From each book's stores and traces it reports:
   ``reask`` recorded with each call;
 - the reviewer: revisions per chapter and the mean weakest score of its verdicts, and
   the deterministic consistency findings it was given;
-- per chapter: output tokens (the endpoint's usage), words, and wall time.
+- per chapter: output tokens (the endpoint's usage; estimated from the text for a stream
+  stopped in a loop, which gets none), words, and wall time.
 
 Each model runs alone on the machine; with ``--parallel N`` its server has N slots and
 decodes N books' requests together (on 2 CPU cores, 2 slots gave 1.4x the tokens per second
@@ -122,6 +123,7 @@ async def write_book(
     """Write one book with ``scribe write`` (a child process, as a user runs it), then read
     its figures back from the stores and traces it left in ``data``."""
     from memory.errors import ScribeError
+    from nodes.llm.budget import estimate_tokens
     from nodes.llm.tasks import TASKS
     from server.backends import open_backends
     from server.settings import load_settings
@@ -173,7 +175,8 @@ async def write_book(
     by_task: Counter[str] = Counter()
     for call in calls:
         result.calls += 1
-        result.output_tokens += call.output_tokens
+        # A stream stopped in a loop gets no usage from the endpoint: estimate its tokens.
+        result.output_tokens += call.output_tokens or estimate_tokens(call.answer)
         result.input_tokens += call.input_tokens
         steps[(call.task, call.task_id, call.step)].append(call)
         cause = call.settings.get("reask")

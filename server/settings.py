@@ -6,7 +6,7 @@ Nothing here is read at import time: call :func:`load_settings` where the progra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -28,6 +28,36 @@ from nodes.schemas import AGENTS, Agent
 OFFLINE = "offline"
 
 
+_REQUEST_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "n",
+        "response_format",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "seed",
+        "tools",
+        "tool_choice",
+    }
+)
+"""Request fields scribe sets itself (from its own settings), so extra fields may not."""
+
+
+def _own_fields(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value:
+        taken = sorted(_REQUEST_FIELDS & set(value))
+        if taken:
+            raise ValueError(
+                f"may not set {', '.join(taken)}: scribe sets those itself "
+                "(use its model, temperature, max_tokens, seed and structured_output settings)"
+            )
+    return value
+
+
 class AgentModelSettings(BaseModel):
     """Per-agent overrides, e.g. ``SCRIBE_WRITER__MODEL``; unset fields use the shared ones."""
 
@@ -38,6 +68,12 @@ class AgentModelSettings(BaseModel):
     max_tokens: int | None = Field(default=None, ge=16, le=200_000)
     structured_output: StructuredSetting | None = None
     context_window: int | None = Field(default=None, ge=512, le=10_000_000)
+    extra_body: dict[str, Any] | None = None
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_fields(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _own_fields(value)
 
 
 class ModelPriceSettings(BaseModel):
@@ -127,6 +163,16 @@ class Settings(BaseSettings):
     """The model's context window in tokens; prompts are cut to fit it. Unset: no limit."""
     model_seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     """Sampling seed for every model request, where the endpoint honours one."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Server-specific request fields sent with every model request (per agent too, which
+    replaces it), e.g. ``SCRIBE_WRITER__EXTRA_BODY='{"repeat_penalty": 1.15,
+    "repeat_last_n": 4096}'`` for llama.cpp's repetition penalty over the whole context."""
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _own_fields(value) or {}
+
     offline_tokens_per_second: float | None = Field(default=None, gt=0)
     """Slow the offline model to a fixed streaming rate (benchmarks, crash tests)."""
     model_prices: dict[str, ModelPriceSettings] = Field(default_factory=dict)
@@ -222,6 +268,7 @@ class Settings(BaseSettings):
             structured_output=own.structured_output or self.structured_output,
             context_window=own.context_window or self.context_window,
             seed=self.model_seed,
+            extra_body=own.extra_body if own.extra_body is not None else self.extra_body,
         )
 
     @property

@@ -227,3 +227,39 @@ def test_killed_mid_chapter_then_resume_finishes_the_book(tmp_path: Path) -> Non
     assert status == "completed"
     book = Path(done.stdout.strip().splitlines()[-1]).read_text()
     assert book.count("\n## ") == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{"seed": 3}', "may not set seed: scribe sets those itself"),
+        ("[1, 2]", "invalid setting writer.extra_body: Input should be a valid dictionary"),
+        ("{not json", "extra_body"),
+    ],
+)
+def test_extra_request_fields_are_checked_once_at_the_start(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv("SCRIBE_WRITER__EXTRA_BODY", value)
+    data = tmp_path / "data"
+    code, _, err = _run(capsys, "--data-dir", str(data), "sessions")
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not data.exists()
+
+
+def test_extra_request_fields_per_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.settings import load_settings
+
+    monkeypatch.setenv("SCRIBE_MODEL", "qwen15")
+    monkeypatch.setenv("SCRIBE_EXTRA_BODY", '{"top_k": 40}')
+    monkeypatch.setenv("SCRIBE_WRITER__EXTRA_BODY", '{"repeat_penalty": 1.15}')
+    settings = load_settings()
+    writer, reviewer = settings.model_for("writer"), settings.model_for("reviewer")
+    assert writer is not None and reviewer is not None
+    assert writer.extra_body == {"repeat_penalty": 1.15}  # the agent's own replaces the shared
+    assert reviewer.extra_body == {"top_k": 40}

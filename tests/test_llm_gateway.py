@@ -46,7 +46,12 @@ from nodes.llm.answers import (
 from nodes.llm.budget import prompt_tokens
 from nodes.llm.config import ModelConfig, RetryPolicy
 from nodes.llm.factory import build_chat_model, build_gateway
-from nodes.llm.gateway import ModelGateway, classify_failure, retry_after_seconds
+from nodes.llm.gateway import (
+    ModelGateway,
+    classify_failure,
+    model_settings,
+    retry_after_seconds,
+)
 from nodes.schemas import (
     Agent,
     Beat,
@@ -877,6 +882,29 @@ async def test_structured_modes_bind_response_format_to_structured_calls_only(
     }
     assert schema["additionalProperties"] is False
     assert sent["json_schema"]["strict"] is True
+
+
+async def test_extra_request_fields_go_with_every_request(server: FakeOpenAI) -> None:
+    """A server's own sampling fields (here llama.cpp's repetition penalty) are sent with
+    structured and prose requests alike, beside the answer format, and traced."""
+    extra = {"repeat_penalty": 1.15, "repeat_last_n": 4096}
+    gw = build_gateway(
+        dict.fromkeys(
+            ("director", "worldsmith", "writer", "reviewer"),
+            config(server, structured_output="json_schema", extra_body=extra),
+        ),
+        RETRY,
+    )
+    server.script(Reply(text=verdict_json(summary="JSON.")), Reply(text="Prose."))
+
+    await gw.structured("chapter_review", review_input(), Verdict)
+    await gw.prose("chapter_draft", draft_input())
+
+    structured, prose = server.requests
+    assert structured["response_format"]["type"] == "json_schema"
+    assert {k: structured[k] for k in extra} == extra
+    assert {k: prose[k] for k in extra} == extra
+    assert model_settings(gw.model_for("writer"))["extra_body"] == extra
 
 
 # --- what real models do -------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from nodes.llm.structured import StructuredSetting
 
@@ -24,6 +26,10 @@ class ModelConfig:
     seed: int | None = None
     """Sampling seed sent with every request (reproducible runs where the endpoint
     honours it); re-asks use seeds derived from it."""
+    extra_body: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """Server-specific request fields sent with every request, e.g. llama.cpp's
+    ``{"repeat_penalty": 1.15, "repeat_last_n": 4096}`` or vLLM's
+    ``{"repetition_penalty": 1.1}``."""
 
 
 @dataclass(frozen=True)

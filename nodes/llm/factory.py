@@ -69,6 +69,7 @@ def build_chat_model(
             stream_chunk_timeout=config.timeout_s,
             max_retries=0,
             seed=config.seed,
+            extra_body=dict(config.extra_body) or None,
             streaming=True,
             stream_usage=True,
         )

@@ -584,6 +584,10 @@ class ModelGateway:
         if call.runnable is self._models.get(call.agent) and _is_offline(call.runnable):
             # The offline model reads its requests from the messages alone.
             bindings = {}
+        own = getattr(call.runnable, "extra_body", None)
+        if "extra_body" in bindings and isinstance(own, Mapping):
+            # Bound per request, it would replace the model's own extra fields.
+            bindings["extra_body"] = {**own, **bindings["extra_body"]}
         runnable = call.runnable.bind(**bindings) if bindings else call.runnable
         return runnable, call.label
 
@@ -937,6 +941,8 @@ def model_settings(model: BaseChatModel) -> dict[str, Any]:
             continue
         if value is None or isinstance(value, (str, int, float, bool)):
             settings[key] = value
+        elif key == "extra_body" and isinstance(value, Mapping):
+            settings[key] = dict(value)
     return settings
 
 

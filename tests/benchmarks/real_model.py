@@ -54,6 +54,9 @@ PREMISES = (
     "A night-train conductor notices one passenger who never gets older.",
 )
 GENRES = ("fantasy", "science fiction", "mystery", "fantasy", "mystery", "literary", "thriller")
+LLAMA_CPP_WRITER_EXTRA_BODY = '{"repeat_penalty": 1.15, "repeat_last_n": 4096}'
+"""llama.cpp penalises repeats only over the last 64 tokens by default, too short for the
+paragraph-long loops small models fall into; the README recommends this for the writer."""
 _FINDINGS = re.compile(r'"findings":\s*\[(.*?)\]\s*[,}]', re.DOTALL)
 
 
@@ -114,6 +117,8 @@ def _env(llm: Any, data: Path, seed: int, args: argparse.Namespace) -> dict[str,
         SCRIBE_MAX_REVISIONS=str(args.max_revisions),
         SCRIBE_MODEL_TIMEOUT_S="600",
     )
+    if args.writer_extra_body:
+        env["SCRIBE_WRITER__EXTRA_BODY"] = args.writer_extra_body
     return env
 
 
@@ -330,6 +335,12 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument(
+        "--writer-extra-body",
+        default=LLAMA_CPP_WRITER_EXTRA_BODY,
+        help="SCRIBE_WRITER__EXTRA_BODY for the books ('' for none); default: the README's "
+        "llama.cpp setting, a repetition penalty over the whole context",
+    )
+    parser.add_argument(
         "--parallel",
         type=int,
         default=1,
@@ -347,7 +358,8 @@ def main() -> None:
     print(
         f"\n{args.books} books x {args.chapters} chapters of ~{args.words} words per model, "
         f"max {args.max_revisions} revision(s) per chapter, temperature {args.temperature}, "
-        f"context {args.context}, {args.parallel} book(s) at once:\n"
+        f"context {args.context}, {args.parallel} book(s) at once, writer extra body "
+        f"{args.writer_extra_body or 'none'}:\n"
     )
     print(format_table(results, walls))
     print()

@@ -1100,10 +1100,11 @@ async def test_prompt_is_cut_to_the_context_window(server: FakeOpenAI) -> None:
 async def test_answer_cut_off_keeps_its_complete_items(server: FakeOpenAI) -> None:
     whole = json.loads(verdict_json(quote="cold brass"))
     issue = json.dumps(whole["issues"][0])
+    other = json.dumps(dict(whole["issues"][0], problem="Flat."))
     scores = json.dumps(whole["scores"])
     # Cut inside the third issue (a model rambling in a string until max_tokens).
     cut = (
-        f'{{"scores": {scores}, "summary": "Solid.", "issues": [{issue}, {issue}, '
+        f'{{"scores": {scores}, "summary": "Solid.", "issues": [{issue}, {other}, '
         '{"severity": "minor", "category": "prose", "quote": "cold brass cold brass cold'
     )
     server.script(Reply(text=cut, finish="length"))
@@ -1113,7 +1114,7 @@ async def test_answer_cut_off_keeps_its_complete_items(server: FakeOpenAI) -> No
     )
 
     assert len(server.requests) == 1  # nothing asked again
-    assert [i.quote for i in verdict.issues] == ["cold brass", "cold brass"]
+    assert [i.problem for i in verdict.issues] == ["Generic image.", "Flat."]
     assert verdict.summary == "Solid."
 
 
@@ -1146,6 +1147,10 @@ def test_loops_are_found_and_cut_out_of_json_strings() -> None:
     assert loop_start("He nodded. He nodded. He nodded. Then he left.") is None
     data = unlooped({"description": "Ada keeps the light. " + looping, "themes": ["a", "a"]})
     assert data == {"description": "Ada keeps the light. She is a brave one.", "themes": ["a"]}
+    beat = {"summary": "Ada climbs.", "characters": ["Ada"]}
+    assert unlooped({"beats": [beat, dict(beat), {**beat, "summary": "Ada rests."}]}) == {
+        "beats": [beat, {**beat, "summary": "Ada rests."}]
+    }
     assert word_count("灯塔守护者找到了钥匙。 The key") == 12
 
 
@@ -1163,3 +1168,25 @@ def test_a_continuation_that_repeats_its_text_is_caught() -> None:
     guard = LoopGuard(every_chars=1, prefix=earlier)
     assert not guard.looping(fresh)
     assert guard.looping(f"{fresh} {earlier[:120]}")
+
+
+async def test_structured_answer_in_a_loop_is_stopped_and_its_complete_part_kept(
+    server: FakeOpenAI,
+) -> None:
+    whole = json.loads(verdict_json(quote="cold brass"))
+    issue = dict(
+        whole["issues"][0], problem="The keeper climbs the same stairs to the same locked door."
+    )
+    looping = {"scores": whole["scores"], "summary": "Solid.", "issues": [issue] * 40}
+    server.script(Reply(text=json.dumps(looping), chunk_size=30))
+
+    verdict = await gateway(server, SleepRecorder()).structured(
+        "chapter_review", review_input(), Verdict
+    )
+
+    # Stopped soon after the third repeat (the whole list would not even validate: too
+    # many issues), closed after its last complete item, repeats dropped: nothing asked
+    # again.
+    assert len(server.requests) == 1
+    assert len(verdict.issues) == 1
+    assert verdict.summary == "Solid."

@@ -12,6 +12,7 @@ each ideograph or kana as a word, close to how their writers count length.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -159,8 +160,9 @@ def echo_start(earlier: str, text: str, policy: LoopPolicy = DEFAULT_LOOP_POLICY
 
 def unlooped(value: Any) -> Any:
     """A parsed JSON answer with repetition loops cut out of its strings (a string that
-    loops keeps its sentences before the loop) and exact repeats dropped from lists of
-    strings: small models loop inside JSON strings just as in prose."""
+    loops keeps its sentences before the loop) and exact repeats dropped from lists (of
+    strings or of objects: no list of an answer means the same item twice): small models
+    loop inside JSON just as in prose."""
     if isinstance(value, str):
         start = loop_start(value)
         if start is None:
@@ -169,9 +171,14 @@ def unlooped(value: Any) -> Any:
         return kept or value
     if isinstance(value, list):
         items = [unlooped(item) for item in value]
-        if all(isinstance(item, str) for item in items):
-            return list(dict.fromkeys(items))
-        return items
+        seen: set[str] = set()
+        distinct = []
+        for item in items:
+            key = json.dumps(item, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                distinct.append(item)
+        return distinct
     if isinstance(value, dict):
         return {key: unlooped(item) for key, item in value.items()}
     return value

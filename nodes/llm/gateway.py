@@ -331,13 +331,19 @@ class ModelGateway:
             accepted = _accepted(result, candidate, check, salvage)
             if accepted is not None:
                 return accepted
-            if answer.finish_reason == "length" and candidate is None:
+            if (answer.finish_reason == "length" or answer.looped) and candidate is None:
+                # Stopped at the token limit or in a loop: what was complete may do.
                 closed = _closed_answer(answer.text, output, check, salvage)
                 if closed is not None:
                     return closed
-                reask = "truncated"
-                errors = [f"the answer was cut off at the token limit ({errors[0]})"]
-                conversation = _with_note(base, _TRUNCATED_NOTE)
+                if answer.looped:
+                    reask = "loop"
+                    errors = [f"the answer fell into a repetition loop ({errors[0]})"]
+                    conversation = _with_note(base, _JSON_LOOP_NOTE)
+                else:
+                    reask = "truncated"
+                    errors = [f"the answer was cut off at the token limit ({errors[0]})"]
+                    conversation = _with_note(base, _TRUNCATED_NOTE)
             else:
                 reask = "invalid"
                 conversation = [
@@ -548,7 +554,10 @@ class ModelGateway:
             reask=reask,
             seed=self._reask_seed(call, 1 + len(messages)) if reask else None,
             # A small model's invalid or overlong JSON is mostly repetition.
-            penalties=reask in ("invalid", "truncated"),
+            penalties=reask in ("invalid", "truncated", "loop"),
+            # Small models loop inside JSON too (the same list item again and again):
+            # stopping there saves the rest of the token budget.
+            guard=True,
         )
         return await self._complete(call, messages, ask)
 
@@ -700,7 +709,7 @@ _TRUNCATED_NOTE = (
     "Your previous answer was cut off at the length limit before the JSON was complete. "
     "Answer again, more briefly: shorter strings and only the list items that matter."
 )
-_LOOP_NOTE = (
+_JSON_LOOP_NOTE = (
     "Your previous answer started repeating itself. Write the chapter again; every "
     "sentence must move the scene forward, and no sentence or paragraph may repeat."
 )

@@ -14,6 +14,16 @@ from nodes.context import ScribeContext
 from nodes.schemas import ChapterBeats, ReviewInput, Verdict
 from nodes.world_view import world_brief
 
+REVIEW_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "issues": {"maxItems": 8},
+    "issues[].quote": {"maxLength": 300},
+    "issues[].problem": {"maxLength": 300},
+    "issues[].suggestion": {"maxLength": 300},
+}
+"""Schema narrowing for the model's verdict: a handful of issues one revision can act on,
+each quoting a phrase or a sentence (the deterministic findings added after it may be
+longer and more)."""
+
 
 def decide(
     verdict: Verdict, *, revision: int, max_revisions: int, accept_score: int
@@ -76,6 +86,7 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
         ),
         Verdict,
         check=lambda v: quote_problems(v, draft),
+        constraints=REVIEW_CONSTRAINTS,
         salvage=lambda v: grounded(v, draft),
     )
     verdict = with_findings(verdict, findings)

@@ -1190,3 +1190,20 @@ async def test_structured_answer_in_a_loop_is_stopped_and_its_complete_part_kept
     assert len(server.requests) == 1
     assert len(verdict.issues) == 1
     assert verdict.summary == "Solid."
+
+
+async def test_a_structured_answer_may_repeat_itself_a_little(server: FakeOpenAI) -> None:
+    """Three issues with the same long complaint are still an answer (a small model gives
+    three chapters one summary): JSON is stopped only at the fifth repeat."""
+    whole = json.loads(verdict_json())
+    problem = "The keeper climbs the same stairs to the same locked door again."
+    issues = [dict(whole["issues"][0], quote=q, problem=problem) for q in ("a", "b", "c")]
+    answer = {"scores": whole["scores"], "summary": "Solid.", "issues": issues}
+    server.script(Reply(text=json.dumps(answer), chunk_size=20))
+
+    verdict = await gateway(server, SleepRecorder()).structured(
+        "chapter_review", review_input(), Verdict
+    )
+
+    assert [i.quote for i in verdict.issues] == ["a", "b", "c"]
+    assert len(server.requests) == 1

@@ -51,7 +51,9 @@ from memory.errors import (
 )
 from memory.traces.port import ModelCall
 from nodes.llm.answers import (
+    DEFAULT_LOOP_POLICY,
     LoopGuard,
+    LoopPolicy,
     RetryCause,
     closed_prefixes,
     complete_sentences,
@@ -131,8 +133,9 @@ class _Ask:
     reask: RetryCause | None = None
     seed: int | None = None
     penalties: bool = False
-    guard: bool = False
-    """Watch the streamed answer for repetition loops (and stop it when one starts)."""
+    guard: LoopPolicy | None = None
+    """Watch the streamed answer for repetition loops by this policy (and stop it when one
+    starts)."""
     continues: str = ""
     """The text this answer continues: the loop guard watches the two together."""
 
@@ -398,7 +401,7 @@ class ModelGateway:
                 reask=reask,
                 seed=self._reask_seed(call, requests - 1) if requests > 1 else None,
                 penalties=reask == "loop",
-                guard=True,
+                guard=DEFAULT_LOOP_POLICY,
                 continues=kept,
             )
             if kept:
@@ -557,7 +560,7 @@ class ModelGateway:
             penalties=reask in ("invalid", "truncated", "loop"),
             # Small models loop inside JSON too (the same list item again and again):
             # stopping there saves the rest of the token budget.
-            guard=True,
+            guard=STRUCTURED_LOOP_POLICY,
         )
         return await self._complete(call, messages, ask)
 
@@ -652,7 +655,7 @@ class ModelGateway:
                     messages,
                     config,
                     outcome,
-                    LoopGuard(prefix=ask.continues) if ask.guard else None,
+                    LoopGuard(ask.guard, prefix=ask.continues) if ask.guard else None,
                 )
             except ScribeError:
                 raise
@@ -688,6 +691,10 @@ class ModelGateway:
         ceiling = min(cap, self._retry.base_delay_s * (2 ** (attempt - 1)))
         return random.uniform(0.0, max(0.0, ceiling))
 
+
+STRUCTURED_LOOP_POLICY = LoopPolicy(sentence_repeats=5, ngram_repeats=5)
+"""A JSON answer may say the same thing a few times and still be an answer (a small model
+gives three chapters the same summary); five times, it is a loop worth stopping."""
 
 MAX_LONG_RATIO = 1.75
 """A prose answer longer than this many times its target is cut..."""

@@ -1135,6 +1135,16 @@ async def test_answer_cut_off_keeps_its_complete_items(server: FakeOpenAI) -> No
             "Here is what she saw when the tide went out.\n\nThe sand was cold.",
         ),
         ("第一章 钥匙\n\n沙子很冷。", "沙子很冷。"),
+        (
+            "* * *\n\nThe sand was cold.\n\n* * *\nThis chapter contains approximately 400 "
+            "words and follows the beats provided. It showcases the journey.",
+            "The sand was cold.",
+        ),
+        # Prose about a chapter of someone's life is prose.
+        (
+            "The sand was cold.\n\nThis chapter of her life was over.",
+            "The sand was cold.\n\nThis chapter of her life was over.",
+        ),
     ],
 )
 def test_what_models_wrap_around_prose_is_stripped(answer: str, prose: str) -> None:

@@ -269,9 +269,17 @@ _HEADING = re.compile(
     re.IGNORECASE,
 )
 _CLOSING_NOTE = re.compile(
-    r"\n\s*(?:-{3,}|\*{3,})?\s*(?:\(?note:|author'?s note|word count:|\[end of chapter)[^\n]*$",
+    r"\n\s*(?:-{3,}|\*{3,})?\s*(?:\(?note:|author'?s note|word count:|\[end of chapter)[^\n]*$"
+    # A last paragraph about the text itself ("This chapter contains approximately 400
+    # words and follows the beats...").
+    r"|\n\s*(?:(?:this|the above) (?:chapter|draft|revision|rewrite|version)\s+(?:contains|"
+    r"has approximately|is approximately|follows|adheres|showcases|introduces|meets|uses|"
+    r"includes|captures|maintains)\b)[^\n]*$"
+    # A scene break with nothing after it.
+    r"|\n\s*(?:(?:\*\s*){3,}|-{3,})\s*$",
     re.IGNORECASE,
 )
+_SCENE_BREAK = re.compile(r"^\s*(?:(?:\*\s*){3,}|-{3,})\s*$")
 
 
 _PREAMBLE = re.compile(
@@ -285,10 +293,14 @@ _PREAMBLE = re.compile(
 def strip_wrapping(text: str) -> str:
     """The prose without what models add around it against the instructions: a chatty
     first line ("Sure! Here's the revised chapter:"), heading lines (``# Chapter 1: The
-    Key``, ``**The Key**``) and closing notes (``Word count: 412``)."""
+    Key``, ``**The Key**``), a scene break before the first line or after the last, and
+    closing notes (``Word count: 412``, "This chapter contains approximately...")."""
     lines = text.strip().splitlines()
     while len(lines) > 1 and (
-        not lines[0].strip() or _HEADING.match(lines[0]) or _PREAMBLE.match(lines[0])
+        not lines[0].strip()
+        or _HEADING.match(lines[0])
+        or _PREAMBLE.match(lines[0])
+        or _SCENE_BREAK.match(lines[0])
     ):
         lines.pop(0)
     body = "\n".join(lines).strip()

@@ -1217,3 +1217,20 @@ async def test_a_structured_answer_may_repeat_itself_a_little(server: FakeOpenAI
 
     assert [i.quote for i in verdict.issues] == ["a", "b", "c"]
     assert len(server.requests) == 1
+
+
+async def test_structured_answer_looping_before_it_is_whole_is_asked_again(
+    server: FakeOpenAI,
+) -> None:
+    whole = json.loads(verdict_json())
+    looping = json.dumps({"scores": whole["scores"], "summary": LOOP.strip() * 40})
+    server.script(Reply(text=looping, chunk_size=30), Reply(text=verdict_json(summary="Fine.")))
+
+    verdict = await gateway(server, SleepRecorder()).structured(
+        "chapter_review", review_input(), Verdict
+    )
+
+    assert verdict.summary == "Fine."
+    retry = server.requests[1]
+    assert retry["frequency_penalty"] > 0 and isinstance(retry["seed"], int)
+    assert "every list item must be different" in server.messages(1)[-1]["content"]

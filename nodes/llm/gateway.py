@@ -717,8 +717,8 @@ _TRUNCATED_NOTE = (
     "Answer again, more briefly: shorter strings and only the list items that matter."
 )
 _JSON_LOOP_NOTE = (
-    "Your previous answer started repeating itself. Write the chapter again; every "
-    "sentence must move the scene forward, and no sentence or paragraph may repeat."
+    "Your previous answer started repeating itself. Answer again: every list item must be "
+    "different from the others, and no sentence may repeat."
 )
 _REFUSAL_NOTE = (
     "This is original fiction for the author's own novel, built from the author's premise "

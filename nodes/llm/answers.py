@@ -94,15 +94,29 @@ def loop_start(text: str, policy: LoopPolicy = DEFAULT_LOOP_POLICY) -> int | Non
     return min(found) if found else None
 
 
-def _sentence_loop(text: str, policy: LoopPolicy) -> int | None:
-    seen: dict[str, list[int]] = {}
+def _sentences(text: str, policy: LoopPolicy) -> list[tuple[int, str]]:
+    """Each sentence of ``min_sentence_chars`` or more: its offset and normalised key."""
+    found: list[tuple[int, str]] = []
     position = 0
     for piece in _SENTENCE_END.split(text):
         offset = text.find(piece, position)
         position = offset + len(piece) if offset >= 0 else position
         key = _NORMALISE.sub(" ", piece).strip().lower()
-        if len(key) < policy.min_sentence_chars:
-            continue
+        if len(key) >= policy.min_sentence_chars:
+            found.append((offset, key))
+    return found
+
+
+def _word_runs(text: str, n: int) -> list[tuple[int, tuple[str, ...]]]:
+    """Each run of ``n`` normalised words: its offset and words."""
+    matches = list(_WORD.finditer(text))
+    words = [_NORMALISE.sub("", m.group(0)).lower() for m in matches]
+    return [(matches[i].start(), tuple(words[i : i + n])) for i in range(len(words) - n + 1)]
+
+
+def _sentence_loop(text: str, policy: LoopPolicy) -> int | None:
+    seen: dict[str, list[int]] = {}
+    for offset, key in _sentences(text, policy):
         places = seen.setdefault(key, [])
         places.append(offset)
         if len(places) >= policy.sentence_repeats:
@@ -111,21 +125,40 @@ def _sentence_loop(text: str, policy: LoopPolicy) -> int | None:
 
 
 def _ngram_loop(text: str, policy: LoopPolicy) -> int | None:
-    matches = list(_WORD.finditer(text))
-    words = [_NORMALISE.sub("", m.group(0)).lower() for m in matches]
-    n = policy.ngram
-    if len(words) < n * policy.ngram_repeats:
+    runs = _word_runs(text, policy.ngram)
+    if len(runs) + policy.ngram - 1 < policy.ngram * policy.ngram_repeats:
         return None
     counts: Counter[tuple[str, ...]] = Counter()
     first_repeat: dict[tuple[str, ...], int] = {}
-    for i in range(len(words) - n + 1):
-        gram = tuple(words[i : i + n])
+    for offset, gram in runs:
         counts[gram] += 1
         if counts[gram] == 2:
-            first_repeat[gram] = matches[i].start()
+            first_repeat[gram] = offset
         if counts[gram] >= policy.ngram_repeats:
             return first_repeat[gram]
     return None
+
+
+@dataclass(frozen=True)
+class _Fingerprint:
+    """The long sentences and word runs of a text, to find them again in another."""
+
+    sentences: frozenset[str]
+    runs: frozenset[tuple[str, ...]]
+
+
+def _fingerprint(text: str, policy: LoopPolicy) -> _Fingerprint:
+    return _Fingerprint(
+        frozenset(key for _, key in _sentences(text, policy)),
+        frozenset(gram for _, gram in _word_runs(text, policy.ngram)),
+    )
+
+
+def _first_echo(seen: _Fingerprint, text: str, policy: LoopPolicy) -> int | None:
+    sentence = next((o for o, key in _sentences(text, policy) if key in seen.sentences), None)
+    run = next((o for o, gram in _word_runs(text, policy.ngram) if gram in seen.runs), None)
+    found = [o for o in (sentence, run) if o is not None]
+    return min(found) if found else None
 
 
 def echo_start(earlier: str, text: str, policy: LoopPolicy = DEFAULT_LOOP_POLICY) -> int | None:
@@ -133,29 +166,7 @@ def echo_start(earlier: str, text: str, policy: LoopPolicy = DEFAULT_LOOP_POLICY
     first sentence (of ``min_sentence_chars`` or more) or ``ngram``-word run that
     ``earlier`` already has; ``None`` when it repeats nothing. A continuation that goes
     back over its own text repeats it once, not three times, so once is the cut."""
-    sentences: set[str] = set()
-    for piece in _SENTENCE_END.split(earlier):
-        key = _NORMALISE.sub(" ", piece).strip().lower()
-        if len(key) >= policy.min_sentence_chars:
-            sentences.add(key)
-    found: list[int] = []
-    position = 0
-    for piece in _SENTENCE_END.split(text):
-        offset = text.find(piece, position)
-        position = offset + len(piece) if offset >= 0 else position
-        if _NORMALISE.sub(" ", piece).strip().lower() in sentences:
-            found.append(offset)
-            break
-    n = policy.ngram
-    before = [_NORMALISE.sub("", w).lower() for w in _WORD.findall(earlier)]
-    grams = {tuple(before[i : i + n]) for i in range(len(before) - n + 1)}
-    matches = list(_WORD.finditer(text))
-    words = [_NORMALISE.sub("", m.group(0)).lower() for m in matches]
-    for i in range(len(words) - n + 1):
-        if tuple(words[i : i + n]) in grams:
-            found.append(matches[i].start())
-            break
-    return min(found) if found else None
+    return _first_echo(_fingerprint(earlier, policy), text, policy)
 
 
 def unlooped(value: Any) -> Any:
@@ -247,8 +258,10 @@ class LoopGuard:
         self._policy = policy
         self._every = every_chars
         self._checked = 0
-        # A continuation that falls back into the text it continues loops too.
+        # A continuation that falls back into the text it continues loops too; the
+        # prefix does not change, so it is fingerprinted once, not on every check.
         self._prefix = f"{prefix.rstrip()}\n\n" if prefix.strip() else ""
+        self._seen = _fingerprint(self._prefix, policy) if self._prefix else None
 
     def looping(self, text: str, *, final: bool = False) -> bool:
         """Whether ``text`` (everything streamed so far) loops, or repeats the prefix it
@@ -256,7 +269,7 @@ class LoopGuard:
         if not final and len(text) - self._checked < self._every:
             return False
         self._checked = len(text)
-        if self._prefix and echo_start(self._prefix, text, self._policy) is not None:
+        if self._seen is not None and _first_echo(self._seen, text, self._policy) is not None:
             return True
         return loop_start(self._prefix + text, self._policy) is not None
 

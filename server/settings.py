@@ -6,9 +6,10 @@ Nothing here is read at import time: call :func:`load_settings` where the progra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -47,15 +48,18 @@ _REQUEST_FIELDS = frozenset(
 """Request fields scribe sets itself (from its own settings), so extra fields may not."""
 
 
-def _own_fields(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value:
-        taken = sorted(_REQUEST_FIELDS & set(value))
-        if taken:
-            raise ValueError(
-                f"may not set {', '.join(taken)}: scribe sets those itself "
-                "(use its model, temperature, max_tokens, seed and structured_output settings)"
-            )
+def _own_fields(value: dict[str, Any]) -> dict[str, Any]:
+    taken = sorted(_REQUEST_FIELDS & set(value))
+    if taken:
+        raise ValueError(
+            f"may not set {', '.join(taken)}: scribe sets those itself "
+            "(use its model, temperature, max_tokens, seed and structured_output settings)"
+        )
     return value
+
+
+ExtraBody = Annotated[dict[str, Any], AfterValidator(_own_fields)]
+"""Server-specific request fields, sent as they are with every request of an agent."""
 
 
 class AgentModelSettings(BaseModel):
@@ -68,12 +72,7 @@ class AgentModelSettings(BaseModel):
     max_tokens: int | None = Field(default=None, ge=16, le=200_000)
     structured_output: StructuredSetting | None = None
     context_window: int | None = Field(default=None, ge=512, le=10_000_000)
-    extra_body: dict[str, Any] | None = None
-
-    @field_validator("extra_body")
-    @classmethod
-    def _extra_fields(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _own_fields(value)
+    extra_body: ExtraBody | None = None
 
 
 class ModelPriceSettings(BaseModel):
@@ -163,15 +162,10 @@ class Settings(BaseSettings):
     """The model's context window in tokens; prompts are cut to fit it. Unset: no limit."""
     model_seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     """Sampling seed for every model request, where the endpoint honours one."""
-    extra_body: dict[str, Any] = Field(default_factory=dict)
+    extra_body: ExtraBody = Field(default_factory=dict)
     """Server-specific request fields sent with every model request (per agent too, which
     replaces it), e.g. ``SCRIBE_WRITER__EXTRA_BODY='{"repeat_penalty": 1.15,
     "repeat_last_n": 4096}'`` for llama.cpp's repetition penalty over the whole context."""
-
-    @field_validator("extra_body")
-    @classmethod
-    def _extra_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _own_fields(value) or {}
 
     offline_tokens_per_second: float | None = Field(default=None, gt=0)
     """Slow the offline model to a fixed streaming rate (benchmarks, crash tests)."""

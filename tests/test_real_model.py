@@ -32,6 +32,7 @@ from server.cli import main
 from server.settings import Settings, load_settings
 from tests.apps import served
 from tests.services.base import Running
+from tests.services.llama import WRITER_EXTRA_BODY
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +43,6 @@ MAX_TOKENS = 500
 """A 135M model rambles inside JSON strings until its limit; a low one keeps each call
 short (the gateway keeps the complete part of a cut-off answer)."""
 OFFLINE_MARKERS = ("Offline", "offline model")
-WRITER_EXTRA_BODY = {"repeat_penalty": 1.15, "repeat_last_n": 4096}
-"""The README's llama.cpp setting for the writer: a repetition penalty over the whole
-context (llama.cpp looks back 64 tokens by default)."""
 
 
 def context_window(llm: Running) -> int:

@@ -54,9 +54,6 @@ PREMISES = (
     "A night-train conductor notices one passenger who never gets older.",
 )
 GENRES = ("fantasy", "science fiction", "mystery", "fantasy", "mystery", "literary", "thriller")
-LLAMA_CPP_WRITER_EXTRA_BODY = '{"repeat_penalty": 1.15, "repeat_last_n": 4096}'
-"""llama.cpp penalises repeats only over the last 64 tokens by default, too short for the
-paragraph-long loops small models fall into; the README recommends this for the writer."""
 _FINDINGS = re.compile(r'"findings":\s*\[(.*?)\]\s*[,}]', re.DOTALL)
 
 
@@ -324,6 +321,8 @@ async def bench(args: argparse.Namespace) -> tuple[list[BookResult], dict[str, f
 
 def main() -> None:
     """Parse arguments, run, print the table."""
+    from tests.services import llama
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="smollm2,qwen05,qwen15")
     parser.add_argument("--books", type=int, default=5)
@@ -336,7 +335,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument(
         "--writer-extra-body",
-        default=LLAMA_CPP_WRITER_EXTRA_BODY,
+        default=json.dumps(llama.WRITER_EXTRA_BODY),
         help="SCRIBE_WRITER__EXTRA_BODY for the books ('' for none); default: the README's "
         "llama.cpp setting, a repetition penalty over the whole context",
     )

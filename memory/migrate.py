@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -47,10 +49,51 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+def _revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+@asynccontextmanager
+async def _migrating(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in the transaction a migration runs in.
+
+    On SQLite, foreign keys are off meanwhile, as SQLite's procedure for table changes
+    prescribes: batch mode rebuilds a table by copying it and dropping the original, and
+    with foreign keys on, that drop would cascade into every row referring to the table
+    (an entity's aliases, say). The pragma only takes effect outside a transaction, so it
+    is set before the transaction begins; if a migration ran, references are checked
+    before it commits.
+    """
+    async with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            await conn.commit()
+        try:
+            async with conn.begin():
+                before = await conn.run_sync(_revision) if sqlite else None
+                yield conn
+                # The check reads every referring row, so it is skipped when nothing ran
+                # (every store's setup() comes here).
+                if sqlite and await conn.run_sync(_revision) != before:
+                    broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                    if broken:
+                        raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                try:
+                    await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    await conn.commit()
+                except BaseException:
+                    # A pooled connection must never be handed out with foreign keys off.
+                    await conn.invalidate()
+                    raise
+
+
 async def upgrade_to_head(engine: AsyncEngine) -> None:
     """Apply every pending migration. Idempotent; safe to call from several adapters and
     from several processes at once (on Postgres they take turns)."""
-    async with engine.begin() as conn:
+    async with _migrating(engine) as conn:
         if conn.dialect.name == "postgresql":
             # Processes starting together on an empty database would otherwise all create
             # the same tables; the lock is released when this transaction ends.
@@ -62,5 +105,5 @@ async def upgrade_to_head(engine: AsyncEngine) -> None:
 
 async def downgrade_to(engine: AsyncEngine, revision: str) -> None:
     """Downgrade to ``revision`` (``"base"`` removes every table)."""
-    async with engine.begin() as conn:
+    async with _migrating(engine) as conn:
         await _run_alone(conn, lambda sync: command.downgrade(alembic_config(sync), revision))

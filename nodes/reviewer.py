@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from graphs.state import NovelState, ReviewDecision, VerdictState
 from memory.errors import StorageError
+from memory.world.port import WorldSnapshot
 from nodes.common import novel_id_of, progress
-from nodes.consistency import consistency_findings, with_findings
+from nodes.consistency import with_findings
 from nodes.context import ScribeContext
-from nodes.schemas import ChapterBeats, ReviewInput, Verdict
+from nodes.integrity import draft_findings
+from nodes.schemas import ChapterBeats, ChapterClaims, ClaimsInput, ReviewInput, Verdict
 from nodes.world_view import world_brief
 
 REVIEW_CONSTRAINTS: dict[str, dict[str, Any]] = {
@@ -58,6 +61,24 @@ def grounded(verdict: Verdict, draft: str) -> Verdict:
     )
 
 
+async def read_claims(
+    ctx: ScribeContext, chapter: int, beats: ChapterBeats, text: str, snapshot: WorldSnapshot
+) -> ChapterClaims:
+    """The reviewer's model's reading of ``text``: what it states that the world can
+    confirm or contradict (one ``chapter_claims`` answer). The same reading of the
+    accepted draft is what the chapter records in world memory."""
+    return await ctx.models.structured(
+        "chapter_claims",
+        ClaimsInput(
+            chapter=chapter,
+            beats=beats,
+            draft=text,
+            world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
+        ),
+        ChapterClaims,
+    )
+
+
 async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
     """Review the current draft; the decision goes into state for routing."""
     ctx = runtime.context
@@ -71,9 +92,26 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
     beats = ChapterBeats(**(state.get("beats") or {}))
     progress(runtime, "reviewer", "reviewing", chapter=chapter, revision=revision)
     snapshot = await ctx.world.world_as_of(novel_id, chapter)
-    # Deterministic checks first: the model sees them, and they stay in the verdict (as
-    # issues, majors forcing a revision) whether or not the model repeats them.
-    findings = await consistency_findings(ctx.world, novel_id, chapter, beats, draft)
+    # Deterministic checks first: the draft's claims against the world, then the text
+    # itself. The model sees the findings, and they stay in the verdict (as issues, majors
+    # forcing a revision) whether or not the model repeats them.
+    claims = await read_claims(ctx, chapter, beats, draft, snapshot)
+    earlier = [
+        (c.number, c.text) for c in await ctx.store.list_chapters(novel_id) if c.number < chapter
+    ]
+    found = draft_findings(
+        draft,
+        claims,
+        snapshot,
+        chapter,
+        beats,
+        target=ctx.options.words_per_chapter,
+        earlier=earlier,
+    )
+    await ctx.store.save_review(
+        draft_id, claims.model_dump(mode="json"), [asdict(f) for f in found]
+    )
+    findings = [f.issue() for f in found]
     verdict = await ctx.models.structured(
         "chapter_review",
         ReviewInput(
@@ -103,7 +141,7 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
         chapter=chapter,
         revision=revision,
         score=verdict.scores.lowest(),
-        findings=len(findings),
+        findings=[f"{f.severity} {f.kind}: {f.problem}" for f in found],
     )
     verdict_state: VerdictState = {
         "decision": decision,

@@ -359,9 +359,11 @@ class NewEntity(_Model):
     """An entity that first appears in the chapter."""
 
     name: Name
-    kind: Literal["character", "location", "faction", "item", "rule", "event"]
+    kind: Literal["character", "location", "faction", "item", "rule", "event", "secret"]
     description: str = Field(default="", max_length=600)
     aliases: list[Name] = Field(default_factory=list, max_length=4)
+    fixed: Attributes = Field(default_factory=dict)
+    """Traits that never change (species, eye colour, a birthplace)."""
 
 
 class Move(_Model):
@@ -416,3 +418,146 @@ class ChapterChanges(_Model):
     relationships: list[RelationChange] = Field(default_factory=list, max_length=24)
     paid_off: Names = Field(default_factory=list)
     planted: Names = Field(default_factory=list)
+
+
+# --- reviewer: claims of a draft -------------------------------------------------------
+# What a draft states, extracted once per draft: deterministic rules compare these claims
+# with the world as of the chapter (nodes/integrity.py), and the claims of the accepted
+# draft are what the chapter records in world memory. Every claim carries ``quote``, the
+# draft's own words that show it, so a finding can point at the text.
+
+Quote = Annotated[str, Field(min_length=1, max_length=300)]
+"""Words copied exactly from the draft."""
+Scene = Annotated[int, Field(ge=1, le=50)]
+"""The scene of the chapter a claim belongs to, counting from 1 (scene breaks or clear
+changes of time and place start a new one)."""
+
+
+class PresenceClaim(_Model):
+    """A character present, acting or speaking in the chapter, and where."""
+
+    character: Name
+    place: Name | None = None
+    scene: Scene = 1
+    memory: bool = False
+    """True when it happens in a memory, flashback, dream, story or report, not now."""
+    quote: Quote
+
+
+class TravelClaim(_Model):
+    """A character leaving for, travelling to or arriving at another place."""
+
+    character: Name
+    to: Name
+    scene: Scene = 1
+    quote: Quote
+
+
+class DeathClaim(_Model):
+    """A character who dies in the chapter."""
+
+    character: Name
+    quote: Quote
+
+
+class RenameClaim(_Model):
+    """An explicit change of name: from here on ``old`` is called ``new``."""
+
+    old: Name
+    new: Name
+    quote: Quote
+
+
+class ItemClaim(_Model):
+    """Who has an item: ``holds`` (carries, wields, uses) or ``receives`` (is given it,
+    takes it, finds it)."""
+
+    item: Name
+    character: Name
+    action: Literal["holds", "receives"] = "holds"
+    scene: Scene = 1
+    memory: bool = False
+    quote: Quote
+
+
+class KnowledgeClaim(_Model):
+    """A secret a character ``learns`` in the chapter, or already knows and ``refers`` to
+    (mentions, acts on, thinks about)."""
+
+    character: Name
+    secret: Phrase
+    """The secret's name as the world gives it, or a short statement of it."""
+    action: Literal["learns", "refers"] = "refers"
+    quote: Quote
+
+
+class AttributeClaim(_Model):
+    """A trait the draft states for a character or thing (eyes, hair, height, a scar)."""
+
+    entity: Name
+    attribute: str = Field(pattern=r"^[a-z][a-z_]{0,40}$")
+    value: str = Field(min_length=1, max_length=120)
+    cause: str = Field(default="", max_length=200)
+    """Why it changed, when the draft says it changed (dyed, a curse, surgery)."""
+    permanent: bool = False
+    """True for a trait that does not change on its own (eye colour, species, a birthmark)."""
+    quote: Quote
+
+
+class TimeClaim(_Model):
+    """A time marker: ``day`` (the story's day number, day 1 being the first day of the
+    story), ``elapsed`` (time since the previous scene), ``age`` (``subject`` is this
+    old) or ``since`` (the event ``subject`` happened this long ago)."""
+
+    kind: Literal["day", "elapsed", "age", "since"]
+    value: int = Field(ge=0, le=100000)
+    unit: Literal["day", "week", "month", "year"] = "day"
+    subject: Name | None = None
+    scene: Scene = 1
+    memory: bool = False
+    quote: Quote
+
+
+class PayoffClaim(_Model):
+    """A set-up the draft pays off (shows, not merely mentions)."""
+
+    setup: Phrase
+    """The set-up's key or a short description of it."""
+    quote: Quote
+
+
+class PlantClaim(_Model):
+    """A set-up the draft plants, to pay off in a later chapter."""
+
+    key: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,60}$")
+    description: str = Field(min_length=1, max_length=400)
+    payoff_chapter: int = Field(ge=1, le=1000)
+    quote: Quote
+
+
+class ClaimsInput(_Model):
+    """Reviewer task ``chapter_claims``: what the draft states."""
+
+    chapter: int
+    beats: ChapterBeats
+    draft: str
+    world: WorldBrief
+
+
+class ChapterClaims(_Model):
+    """Reviewer answer to ``chapter_claims``: every claim the draft makes that the world
+    can confirm or contradict, each quoting the draft."""
+
+    summary: str = Field(min_length=1, max_length=800)
+    present: list[PresenceClaim] = Field(default_factory=list, max_length=40)
+    travel: list[TravelClaim] = Field(default_factory=list, max_length=16)
+    deaths: list[DeathClaim] = Field(default_factory=list, max_length=8)
+    renames: list[RenameClaim] = Field(default_factory=list, max_length=4)
+    items: list[ItemClaim] = Field(default_factory=list, max_length=16)
+    knowledge: list[KnowledgeClaim] = Field(default_factory=list, max_length=16)
+    attributes: list[AttributeClaim] = Field(default_factory=list, max_length=24)
+    time: list[TimeClaim] = Field(default_factory=list, max_length=16)
+    paid_off: list[PayoffClaim] = Field(default_factory=list, max_length=8)
+    planted: list[PlantClaim] = Field(default_factory=list, max_length=8)
+    new_entities: list[NewEntity] = Field(default_factory=list, max_length=16)
+    relationships: list[RelationChange] = Field(default_factory=list, max_length=24)

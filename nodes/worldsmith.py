@@ -19,21 +19,36 @@ from memory.world.port import (
     EntitySpec,
     FactEnd,
     FactSpec,
+    Rename,
     SetupSpec,
     WorldChanges,
-    WorldMemory,
+    WorldSnapshot,
 )
 from nodes.common import novel_id_of, progress, slugify
 from nodes.context import ScribeContext
+from nodes.integrity import (
+    BORN_DAY,
+    DAY,
+    TIMELINE_KEY,
+    UNIT_DAYS,
+    Finding,
+    WorldIndex,
+    draft_findings,
+    ordered_claims,
+)
 from nodes.llm.gateway import ModelGateway
+from nodes.reviewer import read_claims
 from nodes.schemas import (
-    ChangesInput,
     ChapterBeats,
-    ChapterChanges,
+    ChapterClaims,
     ChapterOutline,
+    ItemClaim,
     PlaceSeed,
+    PresenceClaim,
     SetupSeed,
     StoryBible,
+    TimeClaim,
+    TravelClaim,
     WorldCast,
     WorldCastInput,
     WorldLinks,
@@ -42,7 +57,6 @@ from nodes.schemas import (
     WorldSeed,
     WorldSeedInput,
 )
-from nodes.world_view import resolve_key, world_brief
 
 SEED_CHAPTER = 0
 
@@ -258,50 +272,148 @@ def seed_to_changes(seed: WorldSeed) -> WorldChanges:
     return WorldChanges(entities=tuple(entities), facts=tuple(facts), setups=setups)
 
 
-async def changes_to_world(
-    world: WorldMemory, novel_id: str, changes: ChapterChanges
+def claims_to_world(
+    snapshot: WorldSnapshot, chapter: int, claims: ChapterClaims, draft: str
 ) -> WorldChanges:
-    """Translate the worldsmith's reading of a chapter into world-memory changes."""
-    entities = [
-        EntitySpec(slugify(e.name), e.kind, e.name, tuple(e.aliases), e.description)
-        for e in changes.new_entities
-    ]
-    new_keys = {e.name.lower(): e.key for e in entities}
+    """What an accepted chapter's claims change in the world, valid from ``chapter``.
 
-    async def key_of(name: str) -> str:
-        return new_keys.get(name.strip().lower()) or await resolve_key(world, novel_id, name)
+    ``snapshot`` is the world before the chapter. Names resolve through it (and through
+    the chapter's own new entities and renames); claims are taken in draft order, so a
+    character's last place and an item's last holder win. Memories and flashbacks change
+    nothing. A fact the draft contradicted without cause is offered as stated and world
+    memory refuses it (a fixed attribute) -- the reviewer has reported it already.
+    """
+    index = WorldIndex.of(snapshot)
+    entities: list[EntitySpec] = []
+    for item in claims.new_entities:
+        key = index.resolve(item.name) or slugify(item.name)
+        entities.append(
+            EntitySpec(
+                key, item.kind, item.name, tuple(item.aliases), item.description, dict(item.fixed)
+            )
+        )
+        index.add_form(item.name, key)
+    renames: list[Rename] = []
+    for rename in claims.renames:
+        renamed = index.resolve(rename.old)
+        if renamed is not None:
+            renames.append(Rename(renamed, rename.new))
+            index.add_form(rename.new, renamed)
+
+    def key_of(name: str | None) -> str | None:
+        return index.resolve(name) if name else None
 
     facts: list[FactSpec] = []
     ended: list[FactEnd] = []
-    for move in changes.moves:
-        facts.append(
-            FactSpec(await key_of(move.character), "located_in", object=await key_of(move.location))
-        )
-    for learned in changes.learned:
-        # One attribute per piece of knowledge, so what a character knows accumulates.
-        facts.append(
-            FactSpec(
-                await key_of(learned.character),
-                f"knows_{slugify(learned.fact)[:40]}".replace("-", "_"),
-                value=learned.fact,
+    places: dict[str, tuple[int, str]] = {}
+    holders: dict[str, tuple[int, str]] = {}
+    for event in ordered_claims(draft, claims):
+        claim = event.claim
+        if isinstance(claim, PresenceClaim | TravelClaim):
+            place = claim.to if isinstance(claim, TravelClaim) else claim.place
+            who, where = key_of(claim.character), key_of(place)
+            memory = isinstance(claim, PresenceClaim) and claim.memory
+            if who and where and not memory:
+                places[who] = (event.position, where)
+        elif isinstance(claim, ItemClaim) and not claim.memory:
+            thing, who = key_of(claim.item), key_of(claim.character)
+            if thing and who and (claim.action == "receives" or thing not in holders):
+                holders[thing] = (event.position, who)
+    for who, (_, where) in places.items():
+        facts.append(FactSpec(who, "located_in", object=where))
+    for thing, (_, who) in holders.items():
+        if index.relation(thing, "held_by") != who:
+            facts.append(FactSpec(thing, "held_by", object=who))
+    for death in claims.deaths:
+        who = key_of(death.character)
+        if who:
+            facts.append(FactSpec(who, "status", value="dead"))
+    for known in claims.knowledge:
+        if known.action != "learns":
+            continue
+        who = key_of(known.character)
+        secret = index.secret(known.secret)
+        if secret is None:
+            # Knowledge the world did not name yet becomes a secret of its own, so who
+            # knows it (and from when) is recorded like any other.
+            secret = slugify(known.secret)[:60]
+            entities.append(
+                EntitySpec(secret, "secret", known.secret[:80], description=known.secret)
             )
-        )
-    for name in changes.deaths:
-        facts.append(FactSpec(await key_of(name), "status", value="dead"))
-    for attr in changes.attributes:
-        facts.append(FactSpec(await key_of(attr.entity), attr.attribute, value=attr.value))
-    for rel in changes.relationships:
-        subject, obj = await key_of(rel.subject), await key_of(rel.object)
+            index.add_form(known.secret, secret)
+        if who:
+            facts.append(FactSpec(who, "knows", object=secret))
+    for stated in claims.attributes:
+        owner = key_of(stated.entity)
+        if owner is None:
+            continue
+        key = owner
+        entity = index.entities.get(key)
+        if index.fixed(key, stated.attribute) is not None:
+            if stated.cause:
+                facts.append(
+                    FactSpec(key, stated.attribute, value=stated.value, cause=stated.cause)
+                )
+        elif stated.permanent and entity is not None:
+            entities.append(
+                EntitySpec(key, entity.kind, entity.name, fixed={stated.attribute: stated.value})
+            )
+        else:
+            facts.append(FactSpec(key, stated.attribute, value=stated.value))
+    facts.extend(_time_facts(index, claims, draft, entities))
+    for rel in claims.relationships:
+        subject, obj = key_of(rel.subject), key_of(rel.object)
+        if subject is None or obj is None:
+            continue
         if rel.ended:
             ended.append(FactEnd(subject, rel.type, obj))
         else:
             facts.append(FactSpec(subject, rel.type, object=obj))
+    paid = [s.key for s in (index.setup(p.setup) for p in claims.paid_off) if s is not None]
+    setups = tuple(
+        SetupSpec(p.key, p.description, chapter, max(chapter, p.payoff_chapter))
+        for p in claims.planted
+    )
     return WorldChanges(
         entities=tuple(entities),
         facts=tuple(facts),
         ended=tuple(ended),
-        paid_off=tuple(changes.paid_off),
+        setups=setups,
+        paid_off=tuple(dict.fromkeys(paid)),
+        renames=tuple(renames),
     )
+
+
+def _time_facts(
+    index: WorldIndex, claims: ChapterClaims, draft: str, entities: list[EntitySpec]
+) -> list[FactSpec]:
+    """The story's day at the chapter's end, and birth days of characters whose age the
+    chapter states for the first time."""
+    now = index.day()
+    facts: list[FactSpec] = []
+    moved = False
+    for event in ordered_claims(draft, claims):
+        claim = event.claim
+        if not isinstance(claim, TimeClaim) or claim.memory:
+            continue
+        days = claim.value * UNIT_DAYS[claim.unit]
+        if claim.kind == "day":
+            now, moved = float(claim.value), True
+        elif claim.kind == "elapsed" and now is not None:
+            now, moved = now + days, True
+        elif claim.kind == "age" and now is not None:
+            who = index.resolve(claim.subject, ("character",))
+            entity = index.entities.get(who or "")
+            if who and entity and index.attribute(who, BORN_DAY) is None:
+                born = round(now - days)
+                entities.append(
+                    EntitySpec(who, "character", entity.name, fixed={BORN_DAY: str(born)})
+                )
+    if moved and now is not None:
+        if TIMELINE_KEY not in index.entities:
+            entities.append(EntitySpec(TIMELINE_KEY, "event", "Story time"))
+        facts.append(FactSpec(TIMELINE_KEY, DAY, value=f"{now:g}"))
+    return facts
 
 
 async def worldsmith_seed(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
@@ -335,38 +447,46 @@ async def worldsmith_seed(state: NovelState, runtime: Runtime[ScribeContext]) ->
 
 @dataclass(frozen=True)
 class RecordedChapter:
-    """What :func:`record_chapter_world` found in a chapter and what world memory refused."""
+    """What :func:`record_chapter_world` read in a chapter and what world memory refused."""
 
-    changes: ChapterChanges
+    claims: ChapterClaims
     result: ApplyResult
+    findings: tuple[Finding, ...] = ()
+    """What the rules found in a text read here (an author's edit); empty when the
+    claims were given (the reviewer found and stored them already)."""
 
 
 async def record_chapter_world(
-    ctx: ScribeContext, novel_id: str, chapter: int, beats: ChapterBeats, text: str
+    ctx: ScribeContext,
+    novel_id: str,
+    chapter: int,
+    beats: ChapterBeats,
+    text: str,
+    claims: ChapterClaims | None = None,
 ) -> RecordedChapter:
     """Redo one chapter's world facts from its text: retract what the chapter recorded
-    before, ask the worldsmith what ``text`` changed, apply that at the chapter.
+    before, then apply what its claims change, at the chapter.
 
-    Shared by :func:`worldsmith_update` and the author-edit path of the HTTP API, so an
-    edited chapter's facts are recomputed exactly as the graph does it.
+    ``claims`` are the reviewer's reading of ``text`` when it has one (the accepted
+    draft's); otherwise (an author's edit) the text is read now. Shared by
+    :func:`worldsmith_update` and the author-edit path of the HTTP API, so an edited
+    chapter's facts are recomputed exactly as the graph does it.
     """
     # Read the world as it stood before this chapter: a re-run must not see its own facts.
     await ctx.world.retract_chapter(novel_id, chapter)
     snapshot = await ctx.world.world_as_of(novel_id, chapter)
-    changes = await ctx.models.structured(
-        "chapter_changes",
-        ChangesInput(
-            chapter=chapter,
-            beats=beats,
-            text=text,
-            world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
-        ),
-        ChapterChanges,
-    )
+    findings: tuple[Finding, ...] = ()
+    if claims is None:
+        claims = await read_claims(ctx, chapter, beats, text, snapshot)
+        findings = tuple(
+            draft_findings(
+                text, claims, snapshot, chapter, beats, target=ctx.options.words_per_chapter
+            )
+        )
     result = await ctx.world.apply(
-        novel_id, chapter, await changes_to_world(ctx.world, novel_id, changes)
+        novel_id, chapter, claims_to_world(snapshot, chapter, claims, text)
     )
-    return RecordedChapter(changes, result)
+    return RecordedChapter(claims, result, findings)
 
 
 async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
@@ -377,24 +497,27 @@ async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) 
     beats = ChapterBeats(**(state.get("beats") or {}))
     progress(runtime, "worldsmith", "recording", chapter=chapter)
     record = await ctx.store.get_chapter(novel_id, chapter)
-    recorded = await record_chapter_world(ctx, novel_id, chapter, beats, record.text)
-    changes, result = recorded.changes, recorded.result
+    # The reviewer's claims about the accepted text serve here too: no second reading.
+    version = await ctx.store.get_version(record.current_version_id)
+    stored = ChapterClaims.model_validate(version.claims) if version.claims else None
+    recorded = await record_chapter_world(ctx, novel_id, chapter, beats, record.text, stored)
+    claims, result = recorded.claims, recorded.result
     await ctx.store.accept_chapter(
-        novel_id, chapter, record.current_version_id, record.title, changes.summary
+        novel_id, chapter, record.current_version_id, record.title, claims.summary
     )
     keep = ctx.options.recent_summaries
     # An edited or replayed chapter replaces its own summary instead of adding another.
     label = f"Chapter {chapter}: "
     earlier = [s for s in state.get("recent_summaries", []) if not s.startswith(label)]
-    summaries = [*earlier, label + changes.summary][-keep:]
+    summaries = [*earlier, label + claims.summary][-keep:]
     progress(
         runtime,
         "worldsmith",
         "recorded",
         chapter=chapter,
-        moves=len(changes.moves),
-        deaths=len(changes.deaths),
-        paid_off=list(changes.paid_off),
+        moves=len(claims.travel),
+        deaths=len(claims.deaths),
+        paid_off=[p.setup for p in claims.paid_off],
         rejected=[r.reason for r in result.rejected],
     )
     return {"recent_summaries": summaries, "accepted": max(state.get("accepted", 0), chapter)}

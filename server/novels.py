@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -515,8 +515,13 @@ class NovelService:
         await self._store.accept_chapter(tid, number, version.id, version.title, current.summary)
         await ctx.passages.index_chapter(tid, number, split_passages(version.text))
         recorded = await record_chapter_world(ctx, tid, number, beats, version.text)
+        await self._store.save_review(
+            version.id,
+            recorded.claims.model_dump(mode="json"),
+            [asdict(f) for f in recorded.findings],
+        )
         return await self._store.accept_chapter(
-            tid, number, version.id, version.title, recorded.changes.summary
+            tid, number, version.id, version.title, recorded.claims.summary
         )
 
     async def _chapter_beats(self, thread_id: str, number: int) -> ChapterBeats:

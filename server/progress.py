@@ -40,7 +40,16 @@ def describe(event: dict[str, Any]) -> str:
         parts.append(f"“{event['title']}”")
     if step in ("accept", "accept_with_issues", "revise") and "score" in event:
         parts.append(f"(lowest score {event['score']})")
+    findings = event.get("findings")
+    if step in ("accept_with_issues", "revise") and isinstance(findings, list) and findings:
+        # The first finding (majors come first) says why, in one line.
+        more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
+        parts.append(f"— {_clipped(str(findings[0]), 90)}{more}")
     return " ".join(parts)
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 class ProgressView:

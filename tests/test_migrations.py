@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, func, insert, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import memory.app.tables
@@ -21,6 +23,7 @@ import memory.world.tables  # registers the world tables on Base.metadata
 import server.runs.tables  # noqa: F401  (registers threads and runs)
 from memory.db import Base, make_engine
 from memory.migrate import alembic_config, downgrade_to, upgrade_to_head
+from memory.world.tables import AliasRow, EntityRow, FactRow, FixedAttributeRow
 from server.settings import to_sqlalchemy_url
 
 APP_TABLES = {"novels", "chapters", "chapter_versions"}
@@ -125,6 +128,89 @@ async def test_app_constraints_have_conventional_names(engine: AsyncEngine) -> N
     # Sanity: the models really use the tables module imported above.
     assert memory.app.tables.NovelRow.__table__ is Base.metadata.tables["novels"]
     assert memory.traces.tables.ModelCallRow.__table__ is Base.metadata.tables["model_calls"]
+
+
+def _entity(entity_id: int, key: str, kind: str) -> dict[str, Any]:
+    return {
+        "id": entity_id,
+        "novel_id": "novel",
+        "key": key,
+        "key_norm": key,
+        "kind": kind,
+        "name": key.title(),
+        "name_norm": key,
+        "description": "",
+        "introduced_chapter": 0,
+        "retracted": False,
+    }
+
+
+def _hanging_off(entity_id: int, value: str) -> list[tuple[Any, dict[str, Any]]]:
+    """An alias and a fixed attribute of one entity (rows that refer to it)."""
+    owned = {"entity_id": entity_id, "novel_id": "novel", "recorded_chapter": 0, "retracted": False}
+    return [
+        (AliasRow, {**owned, "alias": value, "alias_norm": value}),
+        (FixedAttributeRow, {**owned, "name": "colour", "value": value}),
+    ]
+
+
+async def _counts(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        return {
+            table.__tablename__: (
+                await conn.execute(select(func.count()).select_from(table))
+            ).scalar_one()
+            for table in (EntityRow, AliasRow, FixedAttributeRow, FactRow)
+        }
+
+
+async def test_world_secrets_revision_keeps_the_world(engine: AsyncEngine) -> None:
+    """0006 rebuilds ``world_entities`` on SQLite: the rows referring to it (aliases, fixed
+    attributes) survive, both ways; a downgrade takes the secrets and what names them."""
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0005_traces"))
+    async with engine.begin() as conn:
+        await conn.execute(insert(EntityRow), [_entity(1, "mara", "character")])
+        for table, row in _hanging_off(1, "grey"):
+            await conn.execute(insert(table), [row])
+
+    await upgrade_to_head(engine)
+    assert await _counts(engine) == {
+        "world_entities": 1,
+        "world_aliases": 1,
+        "world_fixed_attributes": 1,
+        "world_facts": 0,
+    }
+    async with engine.begin() as conn:
+        await conn.execute(insert(EntityRow), [_entity(2, "forgery", "secret")])
+        for table, row in _hanging_off(2, "red"):
+            await conn.execute(insert(table), [row])
+        fact = {
+            "novel_id": "novel",
+            "subject_key": "mara",
+            "predicate": "knows",
+            "object_key": "forgery",
+            "valid_from_chapter": 3,
+            "source_chapter": 3,
+            "retracted": False,
+            "created_at": datetime.now(UTC),
+        }
+        await conn.execute(insert(FactRow), [fact, {**fact, "object_key": "mara"}])
+
+    await downgrade_to(engine, "0005_traces")
+    assert await _counts(engine) == {
+        "world_entities": 1,
+        "world_aliases": 1,
+        "world_fixed_attributes": 1,
+        "world_facts": 1,
+    }
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as conn:
+            await conn.execute(insert(EntityRow), [_entity(2, "forgery", "secret")])
+    if engine.dialect.name == "sqlite":
+        # Migrations turn SQLite's foreign keys off; pooled connections get them back.
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
 
 
 async def test_databases_migrate_at_once_in_one_process(tmp_path: Path) -> None:

@@ -23,10 +23,10 @@ from nodes.llm.tasks import TASKS, render_messages
 from nodes.schemas import (
     Beat,
     BeatsInput,
-    ChangesInput,
     ChapterBeats,
-    ChapterChanges,
+    ChapterClaims,
     CharacterBrief,
+    ClaimsInput,
     DraftInput,
     PlaceBrief,
     PlannedEvent,
@@ -639,37 +639,52 @@ async def test_review_is_deterministic(model: OfflineChatModel, book: Book) -> N
     assert await review(model, beats, draft, world) == await review(model, beats, draft, world)
 
 
-# --- chapter changes ------------------------------------------------------------------
+# --- chapter claims -------------------------------------------------------------------
 
 
-async def test_changes_record_what_the_chapter_did(model: OfflineChatModel, book: Book) -> None:
+async def claims_of(
+    model: OfflineChatModel, chapter: int, beats: ChapterBeats, text: str, world: WorldBrief
+) -> ChapterClaims:
+    """The offline model's claims about ``text``; every quote is the text's own."""
+    claims = ChapterClaims.model_validate_json(
+        await ask(
+            model,
+            "chapter_claims",
+            ClaimsInput(chapter=chapter, beats=beats, draft=text, world=world),
+        )
+    )
+    for part in (claims.present, claims.travel, claims.deaths, claims.knowledge):
+        for claim in part:
+            assert claim.quote in text
+    for paid in claims.paid_off:
+        assert paid.quote in text
+    return claims
+
+
+async def test_claims_record_what_the_chapter_did(model: OfflineChatModel, book: Book) -> None:
     chapters = len(book.plan.outline)
     chapter = chapters - 1
     world = brief_from_seed(book.seed, chapter)
     beats = await chapter_beats(model, book, chapter, world)
     text = await ask(model, "chapter_draft", draft_input(book, beats, world))
-    changes = ChapterChanges.model_validate_json(
-        await ask(
-            model,
-            "chapter_changes",
-            ChangesInput(chapter=chapter, beats=beats, text=text, world=world),
-        )
-    )
+    changes = await claims_of(model, chapter, beats, text, world)
     assert words(changes.summary) <= 60
     assert beats.pov in changes.summary
     assert beats.location in changes.summary
     planned_moves = {(e.character, e.target) for e in beats.events if e.kind == "move"}
-    assert {(m.character, m.location) for m in changes.moves} == planned_moves
-    assert changes.deaths == [e.character for e in beats.events if e.kind == "death"]
-    assert changes.deaths
-    assert changes.paid_off == beats.payoff
-    assert changes.planted == beats.plant
+    assert {(m.character, m.to) for m in changes.travel} == planned_moves
+    deaths = [d.character for d in changes.deaths]
+    assert deaths == [e.character for e in beats.events if e.kind == "death"]
+    assert deaths
+    assert [p.setup for p in changes.paid_off] == beats.payoff
+    assert [p.key for p in changes.planted] == beats.plant
+    assert {p.character for p in changes.present} == {beats.pov, *beats.characters}
     assert changes.new_entities == []
     meets = [(e.character, e.target) for e in beats.events if e.kind == "meet"]
     assert [(r.subject, r.object) for r in changes.relationships if r.type == "met"] == meets
 
 
-async def test_changes_keep_only_events_the_text_bears_out(
+async def test_claims_keep_only_events_the_text_bears_out(
     model: OfflineChatModel, book: Book
 ) -> None:
     world = brief_from_seed(book.seed, 2)
@@ -703,13 +718,9 @@ async def test_changes_keep_only_events_the_text_bears_out(
         f"{mara} took the ferry to Gullhaven Pier and met Bellamy Crane there. "
         "The ferry never stopped at night."
     )
-    changes = ChapterChanges.model_validate_json(
-        await ask(
-            model, "chapter_changes", ChangesInput(chapter=2, beats=beats, text=text, world=world)
-        )
-    )
-    assert [(m.character, m.location) for m in changes.moves] == [(mara, "Gullhaven Pier")]
-    assert changes.learned[0].character == mara
+    changes = await claims_of(model, 2, beats, text, world)
+    assert [(m.character, m.to) for m in changes.travel] == [(mara, "Gullhaven Pier")]
+    assert [(k.character, k.action) for k in changes.knowledge] == [(mara, "learns")]
     assert changes.deaths == []  # the ally is never named in the text
     assert [(r.subject, r.type, r.object) for r in changes.relationships] == [
         (mara, "met", "Bellamy Crane")
@@ -853,16 +864,10 @@ async def test_sparse_or_foreign_inputs_still_get_valid_answers(model: OfflineCh
         assert all(i.quote in text for i in verdict.issues)
     blank = await review(model, foreign, "   ", empty)
     assert blank.issues == [] and blank.scores.lowest() == 1
-    changes = ChapterChanges.model_validate_json(
-        await ask(
-            model,
-            "chapter_changes",
-            ChangesInput(chapter=2, beats=foreign, text=draft, world=empty),
-        )
-    )
+    changes = await claims_of(model, 2, foreign, draft, empty)
     assert {e.name for e in changes.new_entities} == {
         "Zed Orlov",
         "Ana Brightwater",
         "the Glass Market",
     }
-    assert changes.learned[0].fact == "the key is a fake"
+    assert changes.knowledge[0].secret == "the key is a fake"

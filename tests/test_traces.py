@@ -52,11 +52,12 @@ MODEL_NODES = {
     "director_plan": "director",
     "director_beats": "director",
     "worldsmith_seed": "worldsmith",
-    "worldsmith_update": "worldsmith",
     "writer": "writer",
     "reviewer": "reviewer",
 }
-CALLS_PER_STEP = {"worldsmith_seed": 3}
+# The reviewer reads a draft's claims and then judges it; the worldsmith records the
+# accepted draft's claims without another call.
+CALLS_PER_STEP = {"worldsmith_seed": 3, "reviewer": 2}
 """Model calls per node step where there is more than one (places, cast, links)."""
 ID_KEYS = frozenset({"novel_id", "draft_id"})
 """State keys that hold ids: a replay on a new thread has its own."""
@@ -107,7 +108,7 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def _verdicts(calls: list[ModelCall]) -> list[dict[str, Any] | None]:
-    return [c.structured for c in calls if c.agent == "reviewer"]
+    return [c.structured for c in calls if c.task == "chapter_review"]
 
 
 def _key(call: ModelCall) -> tuple[str, str, int, int]:
@@ -190,7 +191,7 @@ async def test_a_cli_run_records_every_model_call(cli_book: Book) -> None:
         assert Counter(c.agent for c in calls) == per_agent
         usage = await store.usage(run_id=run.run_id)
         assert {a.agent: a.calls for a in usage.agents} == dict(per_agent)
-        assert per_agent["writer"] >= CHAPTERS and per_agent["reviewer"] == per_agent["writer"]
+        assert per_agent["writer"] >= CHAPTERS and per_agent["reviewer"] == 2 * per_agent["writer"]
         assert usage.total_tokens == sum(c.total_tokens for c in calls) > 0
 
         by_step: dict[tuple[int, str | None], list[int]] = defaultdict(list)
@@ -376,7 +377,7 @@ def _verdicts_of(calls: list[ModelCall], chapter: int) -> list[dict[str, Any]]:
     return [
         c.structured
         for c in calls
-        if c.agent == "reviewer" and c.chapter == chapter and c.structured is not None
+        if c.task == "chapter_review" and c.chapter == chapter and c.structured is not None
     ]
 
 

@@ -19,13 +19,23 @@ from memory.world.planner import (
     plan_batch,
     plan_reopen,
 )
-from memory.world.port import EntitySpec, FactEnd, FactSpec, SetupSpec, WorldChanges
+from memory.world.port import (
+    EntitySpec,
+    Fact,
+    FactEnd,
+    FactSpec,
+    Rename,
+    SetupSpec,
+    WorldChanges,
+)
 from memory.world.rules import (
+    RENAME_PREDICATE,
     AliasRecord,
     EntityRecord,
     FactRecord,
     FixedRecord,
     SetupRecord,
+    build_snapshot,
     entity_as_of,
     setups_as_of,
 )
@@ -135,9 +145,10 @@ def test_batch_keys_are_trimmed_and_cover_every_part() -> None:
         ended=(FactEnd("tobin", "ally_of", object="  "),),
         setups=(SetupSpec(" debt ", "", 1, 2),),
         paid_off=("oath", "  "),
+        renames=(Rename(" wren ", "Wren the Grey"), Rename(" ", "Nobody")),
     )
     keys = batch_keys(changes)
-    assert keys.entities == {"harbour", "mara", "citadel", "tobin"}
+    assert keys.entities == {"harbour", "mara", "citadel", "tobin", "wren"}
     assert keys.setups == {"debt", "oath"}
 
 
@@ -269,13 +280,136 @@ def test_a_fixed_attribute_cannot_change_and_restating_it_adds_nothing() -> None
     )
     plan = plan_batch(seeded(), changes, 2)
     assert [(r.change, r.reason) for r in plan.rejected] == [
-        ("fact mara.species='elf'", "mara.species is fixed as 'human'"),
+        ("fact mara.species='elf'", "mara.species is fixed as 'human'; changing it needs a cause"),
     ]
     assert plan.writes_nothing
     contradiction = WorldChanges(entities=(replace(MARA, fixed={"species": "elf"}),))
     assert [(r.change, r.reason) for r in plan_batch(seeded(), contradiction, 2).rejected] == [
         ("fixed mara.species='elf'", "mara.species is fixed as 'human'"),
     ]
+
+
+def test_a_fixed_attribute_changes_only_for_a_cause_and_then_like_any_attribute() -> None:
+    state = seeded()
+    cursed = FactSpec("mara", "species", value="wraith", cause="a curse")
+    plan = plan_batch(state, WorldChanges(facts=(cursed,)), 4)
+    assert plan.rejected == ()
+    assert contents(plan.new_facts) == {("mara", "species", "wraith", None, 4, None, None)}
+    assert plan_batch(store(state, plan, 4), WorldChanges(facts=(cursed,)), 4).writes_nothing
+    state = store(state, plan, 6)
+
+    # What holds at a chapter is restated for free, and changed only for a cause.
+    assert plan_batch(state, WorldChanges(facts=(FactSpec("mara", "species", "Wraith"),)), 6) == (
+        plan_batch(state, WorldChanges(), 6)
+    )
+    uncaused = WorldChanges(
+        facts=(FactSpec("mara", "species", "human"), FactSpec("mara", "species", "elf", cause=" "))
+    )
+    assert [(r.change, r.reason) for r in plan_batch(state, uncaused, 6).rejected] == [
+        (
+            "fact mara.species='human'",
+            "mara.species is fixed as 'human' (now 'wraith'); changing it needs a cause",
+        ),
+        (
+            "fact mara.species='elf'",
+            "mara.species is fixed as 'human' (now 'wraith'); changing it needs a cause",
+        ),
+    ]
+    lifted = plan_batch(
+        state, WorldChanges(facts=(FactSpec("mara", "species", "human", cause="lifted"),)), 6
+    )
+    assert [(f.value, f.valid_to, f.closed_by) for f in lifted.closed_facts] == [("wraith", 6, 6)]
+    assert contents(lifted.new_facts) == {("mara", "species", "human", None, 6, None, None)}
+
+    # Before the change the fixed value holds; an earlier caused change ends where it starts.
+    assert plan_batch(state, WorldChanges(facts=(FactSpec("mara", "species", "human"),)), 2) == (
+        plan_batch(state, WorldChanges(), 2)
+    )
+    earlier = plan_batch(
+        state, WorldChanges(facts=(FactSpec("mara", "species", "ghoul", cause="a bite"),)), 2
+    )
+    assert contents(earlier.new_facts) == {("mara", "species", "ghoul", None, 2, 4, 4)}
+
+
+def test_within_a_batch_a_caused_change_is_what_holds_for_later_facts() -> None:
+    changes = WorldChanges(
+        facts=(
+            FactSpec("mara", "species", "wraith", cause="a curse"),
+            FactSpec("mara", "species", "wraith"),
+            FactSpec("mara", "species", "human"),
+        )
+    )
+    plan = plan_batch(seeded(), changes, 3)
+    assert [r.change for r in plan.rejected] == ["fact mara.species='human'"]
+    assert contents(plan.new_facts) == {("mara", "species", "wraith", None, 3, None, None)}
+
+
+# --- renames --------------------------------------------------------------------------
+
+
+def test_a_rename_records_its_name_as_an_alias_and_a_name_fact() -> None:
+    state = seeded()
+    rename = WorldChanges(renames=(Rename(" mara ", "  Captain   Mara "),))
+    plan = plan_batch(state, rename, 3)
+    assert plan.rejected == ()
+    assert [(a.entity, a.text, a.norm, a.recorded_chapter) for a in plan.new_aliases] == [
+        ("mara", "Captain Mara", "captain mara", 3)
+    ]
+    assert contents(plan.new_facts) == {
+        ("mara", RENAME_PREDICATE, "Captain Mara", None, 3, None, None)
+    }
+    assert (plan.new_entities, plan.changed_entities) == ((), ())
+    state = store(state, plan, 3)
+    assert plan_batch(state, rename, 3).writes_nothing
+
+    # Renaming to the name that holds at the chapter changes nothing; it is compared the
+    # way names are looked up.
+    same = WorldChanges(renames=(Rename("mara", "captain mara"),))
+    assert plan_batch(state, same, 4).writes_nothing
+    assert plan_batch(state, WorldChanges(renames=(Rename("mara", "MARA VOSS"),)), 2).writes_nothing
+    # A later rename replaces the earlier one, as a later value of any attribute does.
+    again = plan_batch(state, WorldChanges(renames=(Rename("mara", "The Widow"),)), 5)
+    assert [(f.value, f.valid_to) for f in again.closed_facts] == [("Captain Mara", 5)]
+    assert contents(again.new_facts) == {
+        ("mara", RENAME_PREDICATE, "The Widow", None, 5, None, None)
+    }
+    # Back to the first name: a name fact, but no alias (the stored name is found as it is).
+    back = plan_batch(state, WorldChanges(renames=(Rename("mara", "Mara Voss"),)), 5)
+    assert back.new_aliases == ()
+    assert contents(back.new_facts) == {
+        ("mara", RENAME_PREDICATE, "Mara Voss", None, 5, None, None)
+    }
+
+
+def test_renames_are_checked_and_the_last_of_a_batch_wins() -> None:
+    changes = WorldChanges(
+        entities=(EntitySpec(key="wren", kind="character", name="Wren"),),
+        renames=(
+            Rename("ghost", "Spectre"),
+            Rename("mara", "   "),
+            Rename("wren", "Wren the Grey"),
+            Rename("wren", "Wren the White"),
+        ),
+        facts=(
+            FactSpec("mara", RENAME_PREDICATE, value="Sneaky"),
+            FactSpec("wren", "mood", value="calm"),
+        ),
+        ended=(FactEnd("mara", RENAME_PREDICATE),),
+    )
+    plan = plan_batch(seeded(), changes, 2)
+    reserved = f"predicate {RENAME_PREDICATE!r} is reserved for renames"
+    assert [(r.change, r.reason) for r in plan.rejected] == [
+        ("rename 'ghost'", "unknown entity 'ghost'"),
+        ("rename 'mara'", "name is empty"),
+        (f"fact mara.{RENAME_PREDICATE}='Sneaky'", reserved),
+        (f"end mara.{RENAME_PREDICATE}", reserved),
+    ]
+    # Both names are aliases (the text called Wren both), the last one is her name.
+    assert [a.text for a in plan.new_aliases] == ["Wren the Grey", "Wren the White"]
+    assert contents(plan.new_facts) == {
+        ("wren", RENAME_PREDICATE, "Wren the White", None, 2, None, None),
+        ("wren", "mood", "calm", None, 2, None, None),
+    }
 
 
 # --- facts ----------------------------------------------------------------------------
@@ -421,6 +555,37 @@ def test_an_entity_shows_only_what_was_recorded_by_the_chapter() -> None:
         "A smuggler.",
         ["eyes", "species"],
     )
+
+
+def test_a_snapshot_shows_an_entity_under_the_name_its_rename_gives_it() -> None:
+    entity = EntityRecord("mara", "character", "Mara Voss", "", None, 0)
+    aliases = [
+        AliasRecord("mara", "Mara", "mara", 0),
+        AliasRecord("mara", "Captain Mara", "captain mara", 3),
+        AliasRecord("mara", "The Widow", "the widow", 6),
+    ]
+
+    def name_fact(name: str, start: int, end: int | None) -> Fact:
+        return Fact("mara", RENAME_PREDICATE, name, None, start, end, start)
+
+    status = Fact("mara", "status", "alive", None, 0, None, 0)
+    names = [name_fact("Captain Mara", 3, 6), name_fact("The Widow", 6, None)]
+
+    def at(chapter: int) -> tuple[str, tuple[str, ...], tuple[Fact, ...]]:
+        valid = [
+            f
+            for f in (*names, status)
+            if f.valid_from_chapter <= chapter
+            and (f.valid_to_chapter is None or chapter < f.valid_to_chapter)
+        ]
+        known = {"mara": entity_as_of(entity, aliases, [], chapter)}
+        snapshot = build_snapshot(chapter, known, valid, [])
+        [shown] = snapshot.entities
+        return shown.name, shown.aliases, snapshot.facts
+
+    assert at(2) == ("Mara Voss", ("Mara",), (status,))
+    assert at(3) == ("Captain Mara", ("Mara Voss", "Mara"), (status,))
+    assert at(7) == ("The Widow", ("Mara Voss", "Mara", "Captain Mara"), (status,))
 
 
 def test_set_ups_read_as_their_latest_visible_version() -> None:

@@ -6,9 +6,10 @@ Chapter texts live here, not in graph state: the graph holds version ids only.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 NovelStatus = Literal["running", "paused", "completed", "failed"]
 VersionKind = Literal["draft", "edit"]
@@ -41,6 +42,10 @@ class ChapterVersionRecord:
     title: str
     text: str
     created_at: datetime
+    claims: Mapping[str, Any] | None = None
+    """What the reviewer read in this text (``nodes.schemas.ChapterClaims`` as JSON)."""
+    findings: Sequence[Mapping[str, Any]] | None = None
+    """What the rules found in it (``nodes.integrity.Finding`` as JSON), majors first."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,16 @@ class AppStore(ABC):
     @abstractmethod
     async def get_version(self, version_id: str) -> ChapterVersionRecord:
         """Raises NotFound for an unknown id."""
+
+    @abstractmethod
+    async def save_review(
+        self,
+        version_id: str,
+        claims: Mapping[str, Any],
+        findings: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Store the claims read in a version and the findings they gave, replacing any
+        stored before (a draft reviewed again). NotFound for an unknown id."""
 
     @abstractmethod
     async def list_versions(self, novel_id: str, number: int) -> list[ChapterVersionRecord]:

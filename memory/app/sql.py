@@ -7,8 +7,9 @@ writers are settled by the database's unique constraints and a short retry.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import cast, get_args
+from typing import Any, cast, get_args
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -74,6 +75,8 @@ def _version(row: ChapterVersionRow) -> ChapterVersionRecord:
         title=row.title,
         text=row.text,
         created_at=utc(row.created_at),
+        claims=row.claims,
+        findings=row.findings,
     )
 
 
@@ -275,6 +278,21 @@ class SqlAppStore(SqlStore, AppStore):
             if row is None:
                 raise NotFound("version", version_id)
             return _version(row)
+
+    async def save_review(
+        self,
+        version_id: str,
+        claims: Mapping[str, Any],
+        findings: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Store a version's claims and findings (replacing earlier ones); NotFound if
+        the version is unknown."""
+        async with self._transaction() as session:
+            row = await session.get(ChapterVersionRow, version_id)
+            if row is None:
+                raise NotFound("version", version_id)
+            row.claims = dict(claims)
+            row.findings = [dict(f) for f in findings]
 
     async def list_versions(self, novel_id: str, number: int) -> list[ChapterVersionRecord]:
         """Every version of one chapter, oldest first (empty if none)."""

@@ -7,8 +7,10 @@ Constraint names come from the naming convention on :data:`memory.db.Base.metada
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -73,6 +75,11 @@ class ChapterVersionRow(Base):
     text: Mapped[str] = mapped_column(Text, nullable=False)
     word_count: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # What the reviewer read in this text (its claims) and found (its findings), kept so
+    # the accepted version's claims update world memory without another model call and
+    # an author can see why a draft was sent back. NULL until reviewed.
+    claims: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    findings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class ChapterRow(Base):

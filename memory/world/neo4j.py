@@ -4,8 +4,8 @@ The graph is laid out so that an author opening Neo4j Browser recognises the wor
 
 * ``(:Entity:Character {novel_id, key, name, kind, description, aliases, ...})``: every
   entity has the ``Entity`` label plus one readable kind label (``Character``,
-  ``Location``, ``Faction``, ``Item``, ``Rule``, ``Event``). ``aliases`` lists every alias
-  ever recorded, in recording order; the parallel lists ``alias_norms``,
+  ``Location``, ``Faction``, ``Item``, ``Rule``, ``Event``, ``Secret``). ``aliases``
+  lists every alias ever recorded, in recording order; the parallel lists ``alias_norms``,
   ``alias_chapters`` and ``alias_retracted`` hold each one's lookup form, the chapter that
   recorded it and whether that chapter was retracted. ``seq`` orders entities by creation
   (lookup ties go to the older one).
@@ -15,7 +15,9 @@ The graph is laid out so that an author opening Neo4j Browser recognises the wor
   :func:`relationship_type`); ``predicate`` keeps the exact text, which is what matches.
 * ``(:Entity)-[:HAS_ATTRIBUTE]->(:Attribute {name, value, valid_from_chapter, ...})``: a
   mutable attribute fact; ``(:Entity)-[:HAS_FIXED_ATTRIBUTE]->(:FixedAttribute {name,
-  value, recorded_chapter, retracted})``: a fixed attribute.
+  value, recorded_chapter, retracted})``: a fixed attribute. A rename is an ``Attribute``
+  named ``@name`` (see :data:`memory.world.rules.RENAME_PREDICATE`); ``name`` on the entity
+  node stays the name it was created with.
 * ``(:Setup {key, description, planted_chapter, due_chapter, paid_off_chapter,
   recorded_chapter, entities, retracted})-[:CONCERNS]->(:Entity)``: one node per recorded
   version of a set-up, linked to the entities it names that exist when it is recorded.
@@ -69,6 +71,7 @@ from memory.world.port import (
     WorldSnapshot,
 )
 from memory.world.rules import (
+    RENAME_PREDICATE,
     AliasRecord,
     EntityRecord,
     FixedRecord,
@@ -83,6 +86,7 @@ from memory.world.rules import (
     setup_fields,
     setup_record,
     setups_as_of,
+    with_names,
 )
 
 GENERIC_RELATION = "RELATED_TO"
@@ -245,7 +249,7 @@ _LOAD_BATCH: LiteralString = (
 
 # Kind labels are set from a fixed list in the query text itself, never from input.
 _SET_KIND_LABEL: LiteralString = (
-    " REMOVE e:Character:Location:Faction:Item:Rule:Event"
+    " REMOVE e:Character:Location:Faction:Item:Rule:Event:Secret"
     " FOREACH (_ IN CASE WHEN row.props.kind = 'character' THEN [1] ELSE [] END"
     "  | SET e:Character)"
     " FOREACH (_ IN CASE WHEN row.props.kind = 'location' THEN [1] ELSE [] END"
@@ -255,6 +259,7 @@ _SET_KIND_LABEL: LiteralString = (
     " FOREACH (_ IN CASE WHEN row.props.kind = 'item' THEN [1] ELSE [] END | SET e:Item)"
     " FOREACH (_ IN CASE WHEN row.props.kind = 'rule' THEN [1] ELSE [] END | SET e:Rule)"
     " FOREACH (_ IN CASE WHEN row.props.kind = 'event' THEN [1] ELSE [] END | SET e:Event)"
+    " FOREACH (_ IN CASE WHEN row.props.kind = 'secret' THEN [1] ELSE [] END | SET e:Secret)"
 )
 
 # Every write of a batch but its new relationships, as unit subqueries in dependency
@@ -582,9 +587,19 @@ async def _lookup(tx: AsyncManagedTransaction, novel_id: str, name: str) -> Enti
     if key is None:
         return None
     found = await _single(
-        tx, _ENTITIES_BY_KEY + " RETURN entities", novel=novel_id, keys=[key], chapter=None
+        tx,
+        _ENTITIES_BY_KEY + " CALL { MATCH (f:Attribute {novel_id: $novel, subject: $key})"
+        " WHERE f.name = $rename AND NOT f.retracted"
+        " RETURN collect(" + _ATTRIBUTE_ITEM + ") AS names }"
+        " RETURN entities, names",
+        novel=novel_id,
+        keys=[key],
+        key=key,
+        rename=RENAME_PREDICATE,
+        chapter=None,
     )
-    return _entities_from(found["entities"], None).get(key)
+    entities = _entities_from(found["entities"], None)
+    return with_names(entities, [_fact(i) for i in found["names"]], None).get(key)
 
 
 async def _reopen_facts_closed_by(tx: AsyncManagedTransaction, novel_id: str, c: int) -> None:

@@ -21,7 +21,19 @@ Semantics beyond the port's docstrings:
   a ``FactEnd`` ends only facts still open;
 * retracting a chapter gives each fact it closed the end it would have had without that
   chapter (the end its successor took over, or none);
-* an attribute fact restating a fixed attribute is dropped, contradicting one is rejected;
+* an attribute fact on a fixed attribute's name that restates the value valid at its
+  chapter (the fixed value, or the one a caused change set) is dropped; one that changes
+  it needs a non-empty ``cause`` and is then an ordinary attribute fact, valid from its
+  chapter and replaced by the next change like any other, so reads (fixed values overlaid
+  by valid facts) show the old value before the chapter and the new one from it; without
+  a cause it is rejected. The cause is not stored: the chapter's text tells it;
+* a rename is an attribute fact with the reserved predicate
+  :data:`~memory.world.rules.RENAME_PREDICATE` (so it replaces the previous rename, is
+  placed among chapters applied out of order and is undone by retraction like any fact)
+  plus its new name as an alias recorded at its chapter (so lookups find the entity by
+  every name it had); renaming an unknown entity is rejected, renaming to the name valid
+  at the chapter is dropped, and the last rename of an entity in a batch wins. Facts and
+  ends using the reserved predicate are rejected, so only renames write name facts;
 * set-ups keep one version per recording chapter, so a retracted re-plan restores the
   previous plan; paying off an unknown set-up is rejected;
 * a retracted entity, alias, fixed attribute or set-up version recorded again is revived
@@ -41,10 +53,12 @@ from memory.world.port import (
     FactEnd,
     FactSpec,
     Rejection,
+    Rename,
     SetupSpec,
     WorldChanges,
 )
 from memory.world.rules import (
+    RENAME_PREDICATE,
     AliasRecord,
     EntityRecord,
     FactRecord,
@@ -54,6 +68,7 @@ from memory.world.rules import (
     Slot,
     clean,
     fact_label,
+    fact_slot,
     normalise,
     referenced_keys,
 )
@@ -145,7 +160,7 @@ def plan_batch(state: BatchState, changes: WorldChanges, chapter: int) -> WriteP
     (see :meth:`memory.world.port.WorldMemory.apply` and this module's docstring).
 
     Invalid changes become rejections in the plan, never exceptions. Rejections come in
-    the order of the batch's parts: entities, facts, ends, set-ups, pay-offs.
+    the order of the batch's parts: entities, renames, facts, ends, set-ups, pay-offs.
     """
     return _Planner(state, chapter).plan(changes)
 
@@ -208,8 +223,9 @@ class _Planner:
         pending: list[FactSpec] = []
         for spec in changes.entities:
             pending.extend(self._merge_entity(spec))
+        names = self._rename(changes.renames)
         pending.extend(changes.facts)
-        self._apply_facts(pending, changes.ended)
+        self._apply_facts(pending, changes.ended, names)
         self._apply_setups(changes.setups, changes.paid_off)
         return WritePlan(
             chapter=self.chapter,
@@ -310,11 +326,54 @@ class _Planner:
         elif normalise(current.value) != normalise(value):
             self.reject(label, f"{key}.{attribute} is fixed as {current.value!r}")
 
+    # --- renames --------------------------------------------------------------------
+
+    def _rename(self, renames: Sequence[Rename]) -> list[FactRecord]:
+        """Checked renames as name facts, one per entity; their names become aliases."""
+        names: dict[str, str] = {}
+        for rename in renames:
+            key = rename.key.strip()
+            name = clean(rename.name)
+            label = f"rename {key!r}"
+            if not self._visible(key):
+                self.reject(label, f"unknown entity {key!r}")
+                continue
+            if not name:
+                self.reject(label, "name is empty")
+                continue
+            current = names.get(key) or self._name_at(key)
+            if normalise(name) == normalise(current):
+                continue
+            # The alias is what lookups find the new name by; the fact says from when it
+            # is the name. Both carry this chapter, so retracting it undoes the rename.
+            self._merge_alias(key, name)
+            names[key] = name
+        c = self.chapter
+        return [
+            FactRecord(key, RENAME_PREDICATE, name, None, c, None, c) for key, name in names.items()
+        ]
+
+    def _name_at(self, key: str) -> str:
+        """The name of a visible entity at this chapter, before this batch."""
+        return self._stored_value_at(key, RENAME_PREDICATE) or self.entities[key].name
+
     # --- facts ----------------------------------------------------------------------
 
     def _visible(self, key: str) -> bool:
         state = self.entities.get(key)
         return state is not None and not state.retracted
+
+    def _stored_value_at(self, subject: str, attribute: str) -> str | None:
+        """The stored value of an attribute fact valid at this chapter, if any."""
+        valid = [
+            f
+            for f in self.stored_facts
+            if f.subject == subject
+            and f.predicate == attribute
+            and f.value is not None
+            and f.valid_at(self.chapter)
+        ]
+        return max(valid, key=lambda f: f.valid_from).value if valid else None
 
     def _validate_facts(self, pending: Sequence[FactSpec]) -> list[FactRecord]:
         """Checked facts, collapsed so each single-valued (subject, predicate) occurs once."""
@@ -331,21 +390,42 @@ class _Planner:
             if not predicate or len(predicate) > KEY_LENGTH:
                 self.reject(label, f"predicate must be 1-{KEY_LENGTH} characters")
                 continue
+            if predicate == RENAME_PREDICATE:
+                self.reject(label, f"predicate {RENAME_PREDICATE!r} is reserved for renames")
+                continue
             unknown = [k for k in (subject, obj) if k is not None and not self._visible(k)]
             if unknown:
                 self.reject(label, f"unknown entity {unknown[0]!r}")
                 continue
+            slot = fact_slot(subject, predicate, value, obj)
             if value is not None:
                 fixed = self.fixed.get((subject, predicate))
                 if fixed is not None and not fixed.retracted:
-                    if normalise(fixed.value) != normalise(value):
-                        self.reject(label, f"{subject}.{predicate} is fixed as {fixed.value!r}")
-                    # A restated fixed attribute adds nothing: the fixed value already says it.
-                    continue
+                    # What holds at this chapter: this batch's own assertion, else the last
+                    # caused change, else the fixed value itself.
+                    earlier = collapsed.get(slot)
+                    current = (
+                        earlier.value
+                        if earlier is not None and earlier.value is not None
+                        else self._stored_value_at(subject, predicate) or fixed.value
+                    )
+                    if normalise(current) == normalise(value):
+                        # A restatement adds nothing: what holds already says it.
+                        continue
+                    if not (spec.cause or "").strip():
+                        changed = normalise(current) != normalise(fixed.value)
+                        now = f" (now {current!r})" if changed else ""
+                        self.reject(
+                            label,
+                            f"{subject}.{predicate} is fixed as {fixed.value!r}{now};"
+                            " changing it needs a cause",
+                        )
+                        continue
+                    # A caused change falls through: an ordinary attribute fact from here on.
             fact = FactRecord(subject, predicate, value, obj, self.chapter, None, self.chapter)
             # Earlier assertions of the same single-valued slot would hold for no chapter.
-            collapsed.pop(fact.slot, None)
-            collapsed[fact.slot] = fact
+            collapsed.pop(slot, None)
+            collapsed[slot] = fact
         return list(collapsed.values())
 
     def _validate_ends(self, ended: Sequence[FactEnd]) -> list[FactEnd]:
@@ -358,6 +438,10 @@ class _Planner:
             if not predicate:
                 self.reject(label, "predicate is empty")
                 continue
+            if predicate == RENAME_PREDICATE:
+                # Ending a name would rename without an alias; a Rename says what it becomes.
+                self.reject(label, f"predicate {RENAME_PREDICATE!r} is reserved for renames")
+                continue
             unknown = [k for k in (subject, obj) if k is not None and not self._visible(k)]
             if unknown:
                 self.reject(label, f"unknown entity {unknown[0]!r}")
@@ -365,8 +449,11 @@ class _Planner:
             valid.append(FactEnd(subject, predicate, obj))
         return valid
 
-    def _apply_facts(self, pending: Sequence[FactSpec], ended: Sequence[FactEnd]) -> None:
-        asserted = self._validate_facts(pending)
+    def _apply_facts(
+        self, pending: Sequence[FactSpec], ended: Sequence[FactEnd], names: Sequence[FactRecord]
+    ) -> None:
+        """Record ``pending`` facts, ``ended`` ends and the checked name facts of renames."""
+        asserted = [*self._validate_facts(pending), *names]
         ends = self._validate_ends(ended)
         stored: dict[tuple[str, str], list[FactRecord]] = defaultdict(list)
         for f in self.stored_facts:

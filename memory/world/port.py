@@ -8,6 +8,10 @@ by a chapter that is later rewritten is *retracted* (kept for audit, hidden from
 Validity rule used by every backend: a fact is valid at chapter ``n`` when
 ``valid_from_chapter <= n`` and (``valid_to_chapter`` is ``None`` or ``n < valid_to_chapter``).
 The world seed is recorded at chapter 0.
+
+Knowledge is an ordinary relationship: a character ``knows`` a ``secret`` entity from the
+chapter that reveals it to them. An entity keeps its key for ever; a :class:`Rename` gives
+it another name from one chapter on (see :meth:`WorldMemory.world_as_of`).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-EntityKind = Literal["character", "location", "faction", "item", "rule", "event"]
+EntityKind = Literal["character", "location", "faction", "item", "rule", "event", "secret"]
+"""What an entity is; a ``secret`` is a piece of knowledge a character may or may not have."""
 ENTITY_KINDS: tuple[str, ...] = get_args(EntityKind)
 
 # Relationship types whose subject can hold only one at a time: recording a new one
 # closes the previous one. Attributes are always single-valued per (subject, name).
-EXCLUSIVE_RELATIONS: frozenset[str] = frozenset({"located_in", "leads", "owned_by"})
+# ``held_by`` is custody (an item held by a character): a hand-over ends the last holder's.
+EXCLUSIVE_RELATIONS: frozenset[str] = frozenset({"located_in", "leads", "owned_by", "held_by"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,10 @@ class FactSpec:
     predicate: str
     value: str | None = None
     object: str | None = None
+    cause: str | None = None
+    """Why a *fixed* attribute changes here (dyed hair, a lost eye). An attribute fact that
+    contradicts a fixed attribute is accepted only with a non-empty cause; every other fact
+    ignores it. The cause is not stored: the chapter's text tells it."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,15 @@ class SetupSpec:
 
 
 @dataclass(frozen=True)
+class Rename:
+    """An explicit rename: from the batch's chapter on, the entity ``key`` is called
+    ``name``; its earlier names stay aliases."""
+
+    key: str
+    name: str
+
+
+@dataclass(frozen=True)
 class WorldChanges:
     """One batch of changes, applied atomically at one chapter."""
 
@@ -82,11 +101,14 @@ class WorldChanges:
     ended: tuple[FactEnd, ...] = ()
     setups: tuple[SetupSpec, ...] = ()
     paid_off: tuple[str, ...] = ()
+    renames: tuple[Rename, ...] = ()
 
 
 @dataclass(frozen=True)
 class Entity:
-    """An entity as stored."""
+    """An entity as known at one chapter: ``name`` is the name its latest rename by then
+    gave it (the name it was created with before any), ``aliases`` every other name known
+    by then."""
 
     key: str
     kind: EntityKind
@@ -199,11 +221,16 @@ class WorldMemory(ABC):
     @abstractmethod
     async def world_as_of(self, novel_id: str, chapter: int) -> WorldSnapshot:
         """Entities introduced by ``chapter``, facts valid at it, set-ups recorded by it
-        (``paid_off_chapter`` shown only when ``<= chapter``)."""
+        (``paid_off_chapter`` shown only when ``<= chapter``).
+
+        Each entity is shown under the name of its latest rename at or before ``chapter``
+        (its stored name before any) with every other name known by then among its
+        aliases. Renames are not facts of the snapshot."""
 
     @abstractmethod
     async def lookup(self, novel_id: str, name: str) -> Entity | None:
-        """Find an entity by key, name or alias (case-insensitive, trimmed)."""
+        """Find an entity by key, name or alias (case-insensitive, trimmed); a renamed
+        entity is found by each of its names and shown under its latest one."""
 
     @abstractmethod
     async def neighbourhood(self, novel_id: str, key: str, chapter: int) -> WorldSnapshot:

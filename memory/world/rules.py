@@ -4,12 +4,19 @@ Names are normalised one way, facts occupy the same slots (what replaces what ov
 rejections are labelled alike, stored state is loaded into the same records (which
 :mod:`memory.world.planner` decides on) and snapshots are assembled from them one way, in
 one canonical order.
+
+Renames need no storage of their own: a rename is an attribute fact with the reserved
+predicate :data:`RENAME_PREDICATE` (its value the new name, valid from the rename's chapter,
+replaced by the next rename like any attribute) plus an alias recorded at that chapter, so
+lookups, retraction and out-of-order chapters work for them as for every other fact. Only
+the snapshot assembly here reads name facts: it shows each entity under the name its name
+fact gives it and leaves name facts out of the snapshot's facts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from memory.errors import InvalidInput
@@ -26,6 +33,10 @@ from memory.world.tables import NOVEL_ID_LENGTH
 
 ATTRIBUTE_SLOT = "attribute"
 RELATION_SLOT = "relation"
+RENAME_PREDICATE = "@name"
+"""The predicate of the attribute fact a rename records (its value is the new name). It is
+not snake case, so no attribute a model extracts is mistaken for a rename; ordinary facts
+and ends using it are rejected."""
 
 
 def normalise(text: str) -> str:
@@ -79,12 +90,13 @@ def fact_sort_key(fact: Fact) -> tuple[str, str, str, str, int, int]:
 
 
 def referenced_keys(changes: WorldChanges) -> set[str]:
-    """Every entity key a batch names."""
+    """Every entity key a batch names (entities, facts, ends and renames)."""
     keys = {spec.key.strip() for spec in changes.entities}
     for item in changes.facts:
         keys.update(k.strip() for k in (item.subject, item.object) if k is not None)
     for end in changes.ended:
         keys.update(k.strip() for k in (end.subject, end.object) if k is not None)
+    keys.update(rename.key.strip() for rename in changes.renames)
     keys.discard("")
     return keys
 
@@ -284,6 +296,46 @@ def entity_as_of(
     )
 
 
+def renamed(entity: Entity, name: str) -> Entity:
+    """``entity`` called ``name``: the name it had leads its aliases, and ``name`` is no
+    longer among them (a rename records it as an alias so that lookups find it)."""
+    norm = normalise(name)
+    if norm == normalise(entity.name):
+        return entity
+    others = tuple(a for a in entity.aliases if normalise(a) != norm)
+    return replace(entity, name=name, aliases=(entity.name, *others))
+
+
+def latest_names(facts: Iterable[Fact], chapter: int | None) -> dict[str, str]:
+    """The name each entity's latest rename valid at ``chapter`` gives it, by key
+    (``None``: the latest rename of all). ``facts`` are visible facts of any kind."""
+    latest: dict[str, Fact] = {}
+    for fact in facts:
+        if fact.predicate != RENAME_PREDICATE or fact.value is None:
+            continue
+        if chapter is not None and not (
+            fact.valid_from_chapter <= chapter
+            and (fact.valid_to_chapter is None or chapter < fact.valid_to_chapter)
+        ):
+            continue
+        best = latest.get(fact.subject)
+        if best is None or fact.valid_from_chapter > best.valid_from_chapter:
+            latest[fact.subject] = fact
+    return {key: fact.value for key, fact in latest.items() if fact.value is not None}
+
+
+def with_names(
+    entities: dict[str, Entity], facts: Iterable[Fact], chapter: int | None
+) -> dict[str, Entity]:
+    """``entities`` under the names their renames give them at ``chapter`` (``None``:
+    now), each with its other names as aliases (see :func:`renamed`)."""
+    names = latest_names(facts, chapter)
+    return {
+        key: renamed(entity, names[key]) if key in names else entity
+        for key, entity in entities.items()
+    }
+
+
 def setups_as_of(versions: Iterable[SetupRecord], chapter: int) -> list[Setup]:
     """The latest visible version recorded by ``chapter`` of every set-up, by key; a
     pay-off after ``chapter`` is not shown."""
@@ -328,13 +380,23 @@ def lookup_rank(wanted: str, norm: str, key: str, key_norm: str) -> int:
 def build_snapshot(
     chapter: int, entities: dict[str, Entity], facts: Iterable[Fact], setups: Iterable[Setup]
 ) -> WorldSnapshot:
-    """A snapshot in canonical order, without facts that name a hidden entity."""
+    """A snapshot in canonical order, without facts that name a hidden entity.
+
+    ``entities`` are as stored (see :func:`entity_as_of`) and ``facts`` the facts valid at
+    ``chapter``: name facts among them rename their entities and are not shown as facts.
+    """
+    valid = list(facts)
+    named = with_names(entities, valid, chapter)
     shown = [
-        f for f in facts if f.subject in entities and (f.object is None or f.object in entities)
+        f
+        for f in valid
+        if f.predicate != RENAME_PREDICATE
+        and f.subject in named
+        and (f.object is None or f.object in named)
     ]
     return WorldSnapshot(
         chapter=chapter,
-        entities=tuple(entities[key] for key in sorted(entities)),
+        entities=tuple(named[key] for key in sorted(named)),
         facts=tuple(sorted(shown, key=fact_sort_key)),
         setups=tuple(setups),
     )

@@ -10,7 +10,10 @@ all in one transaction; ``retract_chapter`` does likewise with
 
 Beyond the planner's rules: snapshots leave out aliases, fixed attributes and descriptions
 recorded after their chapter, and facts naming an entity that is not visible;
-``neighbourhood`` of an unknown entity is an empty snapshot.
+``neighbourhood`` of an unknown entity is an empty snapshot. Renames are stored as facts
+(see :mod:`memory.world.rules`): reads load them with the other facts and
+:func:`memory.world.rules.build_snapshot` names the entities; ``lookup`` loads the found
+entity's name facts to show its latest name.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from memory.world.port import (
     WorldSnapshot,
 )
 from memory.world.rules import (
+    RENAME_PREDICATE,
     AliasRecord,
     EntityRecord,
     FactRecord,
@@ -61,6 +65,7 @@ from memory.world.rules import (
     setup_fields,
     setup_record,
     setups_as_of,
+    with_names,
 )
 from memory.world.tables import AliasRow, EntityRow, FactRow, FixedAttributeRow, SetupRow
 
@@ -514,7 +519,18 @@ class SqlWorldMemory(WorldMemory):
             if key is None:
                 return None
             found = await _read_entities(conn, novel_id, None, [key])
-        return found.get(key)
+            names = [
+                Fact(*r)
+                for r in await conn.execute(
+                    select(*_FACT_COLUMNS).where(
+                        FactRow.novel_id == novel_id,
+                        FactRow.retracted.is_(False),
+                        FactRow.subject_key == key,
+                        FactRow.predicate == RENAME_PREDICATE,
+                    )
+                )
+            ]
+        return with_names(found, names, None).get(key)
 
     async def neighbourhood(self, novel_id: str, key: str, chapter: int) -> WorldSnapshot:
         """The entity, its relationships valid at ``chapter``, their other ends, the

@@ -1,6 +1,7 @@
 """SQL tables of world memory: entities, their aliases and fixed attributes, facts, set-ups.
 
-Kept in lock-step with ``migrations/versions/0002_world_memory.py``; a test compares them.
+Kept in lock-step with ``migrations/versions/0002_world_memory.py`` (and
+``0006_world_secrets.py``, which added the kind ``secret``); a test compares them.
 Constraint names come from the naming convention on :data:`memory.db.Base.metadata`.
 
 Everything ``retract_chapter`` must undo is traceable to its chapter: every row records

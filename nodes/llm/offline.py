@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from nodes import schemas
 from nodes.llm.names import OFFLINE_VARIANT
-from nodes.llm.offline_prose import chapter_changes, chapter_draft, chapter_review
+from nodes.llm.offline_prose import chapter_claims, chapter_draft, chapter_review
 from nodes.llm.offline_story import chapter_beats, story_plan, world_seed
 from nodes.llm.tasks import TASKS, parse_request
 
@@ -89,9 +89,9 @@ def _chapter_review(inputs: BaseModel) -> BaseModel | str:
     return chapter_review(inputs)
 
 
-def _chapter_changes(inputs: BaseModel) -> BaseModel | str:
-    assert isinstance(inputs, schemas.ChangesInput)
-    return chapter_changes(inputs)
+def _chapter_claims(inputs: BaseModel) -> BaseModel | str:
+    assert isinstance(inputs, schemas.ClaimsInput)
+    return chapter_claims(inputs)
 
 
 GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
@@ -101,8 +101,8 @@ GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
     "world_links": _world_links,
     "chapter_beats": _chapter_beats,
     "chapter_draft": _chapter_draft,
+    "chapter_claims": _chapter_claims,
     "chapter_review": _chapter_review,
-    "chapter_changes": _chapter_changes,
 }
 
 

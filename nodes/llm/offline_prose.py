@@ -1,8 +1,8 @@
-"""Offline generators for the writing tasks: chapter draft, review and changes.
+"""Offline generators for the writing tasks: chapter draft, claims and review.
 
 The draft is assembled from the beats with sentence templates; the review applies plain,
-repeatable heuristics to whatever draft it is given (offline or not); the changes are
-read back from the beats' planned events, kept only when the text bears them out.
+repeatable heuristics to whatever draft it is given (offline or not); the claims are
+read back from the beats' planned events, kept only when the draft bears them out.
 """
 
 from __future__ import annotations
@@ -25,18 +25,22 @@ from nodes.llm.names import (
 )
 from nodes.schemas import (
     Beat,
-    ChangesInput,
-    ChapterChanges,
+    ChapterClaims,
     CharacterBrief,
+    ClaimsInput,
+    DeathClaim,
     DraftInput,
-    Learned,
-    Move,
+    KnowledgeClaim,
     NewEntity,
+    PayoffClaim,
     PlaceBrief,
+    PlantClaim,
+    PresenceClaim,
     RelationChange,
     ReviewInput,
     ReviewIssue,
     Scores,
+    TravelClaim,
     Verdict,
     WorldBrief,
 )
@@ -1047,63 +1051,106 @@ def _base_scores(inp: ReviewInput) -> dict[str, int]:
     }
 
 
-# --- chapter changes ------------------------------------------------------------------
+# --- chapter claims -------------------------------------------------------------------
 
 
-def chapter_changes(inp: ChangesInput) -> ChapterChanges:
-    """What the chapter changed: planned events the text bears out, and set-up moves."""
-    world, beats, text = inp.world, inp.beats, inp.text
+def chapter_claims(inp: ClaimsInput) -> ChapterClaims:
+    """What the draft states, read back from the beats and kept only where the draft
+    bears it out, each claim quoting the sentence that shows it."""
+    world, beats, draft = inp.world, inp.beats, inp.draft
+    sentences = split_sentences(draft)
 
-    def named(name: str) -> bool:
+    def aliases(name: str) -> list[str]:
         character = _find_character(world, name)
-        return mentions(text, name, character.aliases if character else ())
+        return list(character.aliases) if character else []
 
-    moves: list[Move] = []
-    learned: list[Learned] = []
-    deaths: list[str] = []
-    relationships: list[RelationChange] = []
+    def quote(name: str, *cues: str, fallback: bool = False) -> str | None:
+        """The first sentence naming ``name`` and one of ``cues`` (any sentence naming
+        it when there are no cues, or none has one and ``fallback`` is set)."""
+        naming = [s.strip() for s in sentences if mentions(s, name, aliases(name))]
+        for cue in cues:
+            hit = next((s for s in naming if cue.lower() in s.lower()), None)
+            if hit:
+                return hit
+        return naming[0] if naming and (fallback or not cues) else None
+
+    claims: dict[str, list[object]] = {
+        "present": [],
+        "travel": [],
+        "deaths": [],
+        "knowledge": [],
+        "paid_off": [],
+        "planted": [],
+        "relationships": [],
+    }
+    people = list(dict.fromkeys([beats.pov, *beats.characters]))
+    for name in people:
+        said = quote(name)
+        if said:
+            claims["present"].append(PresenceClaim(character=name, quote=said))
     phrases: list[str] = []
+    pov_short = short_name(beats.pov, aliases(beats.pov))
     for event in beats.events:
-        if (
-            event.kind == "move"
-            and event.target
-            and named(event.character)
-            and mentions(text, event.target)
-        ):
-            moves.append(Move(character=event.character, location=event.target))
-            if event.character == beats.pov:
-                phrases.append(f"{event.character} travels to {event.target}")
-        elif event.kind in ("learn", "reveal") and event.target and named(event.character):
-            fact = event.target.strip()[:400]
-            learned.append(Learned(character=event.character, fact=fact))
-            phrases.append(
-                f"{short_name(event.character)} learns that {_clip(_lower_first(fact), 14)}"
-            )
-        elif event.kind == "death" and named(event.character):
+        if event.kind == "move" and event.target:
+            said = quote(event.character, event.target)
+            if said:
+                claims["travel"].append(
+                    TravelClaim(character=event.character, to=event.target, quote=said)
+                )
+                if event.character == beats.pov:
+                    phrases.append(f"{event.character} travels to {event.target}")
+        elif event.kind in ("learn", "reveal") and event.target:
+            said = quote(event.character, "understood it then", "revealed it", fallback=True)
+            if said:
+                claims["knowledge"].append(
+                    KnowledgeClaim(
+                        character=event.character,
+                        secret=event.target.strip()[:200],
+                        action="learns",
+                        quote=said,
+                    )
+                )
+                phrases.append(
+                    f"{short_name(event.character)} learns that "
+                    f"{_clip(_lower_first(event.target.strip()), 14)}"
+                )
+        elif event.kind == "death":
             character = _find_character(world, event.character)
-            if character is None or not _is_dead(character):
-                deaths.append(event.character)
+            said = quote(event.character, "did not rise", "died")
+            if said and (character is None or not _is_dead(character)):
+                claims["deaths"].append(DeathClaim(character=event.character, quote=said))
                 phrases.append(f"{event.character} dies")
-        elif (
-            event.kind == "meet" and event.target and named(event.character) and named(event.target)
-        ):
-            relationships.append(
-                RelationChange(subject=event.character, type="met", object=event.target)
+        elif event.kind == "meet" and event.target:
+            said = quote(event.character, "met", "offered a hand")
+            if said and mentions(draft, event.target, aliases(event.target)):
+                claims["relationships"].append(
+                    RelationChange(subject=event.character, type="met", object=event.target)
+                )
+                phrases.append(f"{event.character} meets {event.target}")
+    setups = {s.key: s for s in world.open_setups}
+    for key in beats.payoff:
+        said = quote(pov_short, "mattered", "waited", "came back to", "what it had all been for")
+        if said:
+            claims["paid_off"].append(PayoffClaim(setup=key, quote=said))
+            phrases.append("an old thread comes due")
+    for key in beats.plant:
+        setup = setups.get(key)
+        said = quote(pov_short, "would matter later", "kept it close", "said nothing")
+        if setup and said:
+            claims["planted"].append(
+                PlantClaim(
+                    key=key,
+                    description=setup.description,
+                    payoff_chapter=max(inp.chapter, setup.payoff_chapter),
+                    quote=said,
+                )
             )
-            phrases.append(f"{event.character} meets {event.target}")
-    if beats.payoff:
-        phrases.append("an old thread comes due")
-
-    summary = _changes_summary(inp, phrases)
-    return ChapterChanges(
-        summary=summary,
-        new_entities=_new_entities(inp),
-        moves=moves,
-        learned=learned,
-        deaths=list(dict.fromkeys(deaths)),
-        relationships=relationships,
-        paid_off=list(beats.payoff),
-        planted=list(beats.plant),
+    return ChapterClaims.model_validate(
+        {
+            "summary": _claims_summary(inp, phrases),
+            "new_entities": _new_entities(inp),
+            **claims,
+        }
     )
 
 
@@ -1112,7 +1159,7 @@ def _clip(text: str, words: int) -> str:
     return " ".join(parts[:words]) + ("…" if len(parts) > words else "")
 
 
-def _changes_summary(inp: ChangesInput, phrases: list[str]) -> str:
+def _claims_summary(inp: ClaimsInput, phrases: list[str]) -> str:
     """At most 60 words naming the pov, the location and the key events."""
     beats = inp.beats
     opening = beats.beats[0].summary.strip() if beats.beats else beats.title
@@ -1130,7 +1177,7 @@ def _changes_summary(inp: ChangesInput, phrases: list[str]) -> str:
     return summary[:800]
 
 
-def _new_entities(inp: ChangesInput) -> list[NewEntity]:
+def _new_entities(inp: ClaimsInput) -> list[NewEntity]:
     """Characters and places the beats name that the world does not know yet."""
     world, beats = inp.world, inp.beats
     known_places = {p.name.lower() for p in world.places}

@@ -97,13 +97,6 @@ TASKS: dict[str, TaskSpec] = {
             per_chapter=30,
         ),
         TaskSpec(
-            "chapter_changes",
-            "worldsmith",
-            schemas.ChangesInput,
-            schemas.ChapterChanges,
-            _BRIEF_TRIMS,
-        ),
-        TaskSpec(
             "chapter_draft",
             "writer",
             schemas.DraftInput,
@@ -115,6 +108,14 @@ TASKS: dict[str, TaskSpec] = {
                 Trim("issues"),
             ),
             answer_tokens=4096,
+        ),
+        TaskSpec(
+            "chapter_claims",
+            "reviewer",
+            schemas.ClaimsInput,
+            schemas.ChapterClaims,
+            _BRIEF_TRIMS,
+            answer_tokens=1600,
         ),
         TaskSpec("chapter_review", "reviewer", schemas.ReviewInput, schemas.Verdict, _BRIEF_TRIMS),
     )

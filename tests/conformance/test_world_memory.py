@@ -16,6 +16,7 @@ from memory.world.port import (
     Fact,
     FactEnd,
     FactSpec,
+    Rename,
     SetupSpec,
     WorldChanges,
     WorldMemory,
@@ -113,6 +114,11 @@ def objects(snapshot: WorldSnapshot, subject: str, predicate: str) -> set[str | 
 async def history(world: WorldMemory, novel_id: str, last: int) -> list[WorldSnapshot]:
     """The snapshots at chapters 0..last."""
     return [await world.world_as_of(novel_id, chapter) for chapter in range(last + 1)]
+
+
+def replace_chapter(snapshot: WorldSnapshot, chapter: int) -> WorldSnapshot:
+    """The same world, said to stand at another chapter."""
+    return WorldSnapshot(chapter, snapshot.entities, snapshot.facts, snapshot.setups)
 
 
 # --- setup and entities ---------------------------------------------------------------
@@ -571,6 +577,208 @@ async def test_a_late_applied_earlier_chapter_does_not_override_later_ones(
 
     await world.retract_chapter(novel_id, 3)
     assert await history(world, novel_id, 8) == before
+
+
+# --- story integrity: knowledge, custody, caused changes, renames ----------------------
+
+
+async def test_a_character_knows_a_secret_from_the_chapter_that_reveals_it(
+    world: WorldMemory, novel_id: str
+) -> None:
+    await apply_ok(world, novel_id, 0, SEED)
+    debt = EntitySpec(
+        key="true-debt",
+        kind="secret",
+        name="The guild forged Mara's debt",
+        aliases=("the forgery",),
+    )
+    await apply_ok(world, novel_id, 1, WorldChanges(entities=(debt,)))
+    await apply_ok(
+        world,
+        novel_id,
+        3,
+        WorldChanges(facts=(FactSpec("tobin", "knows", object="true-debt"),)),
+    )
+
+    assert objects(await world.world_as_of(novel_id, 2), "tobin", "knows") == set()
+    at_three = await world.world_as_of(novel_id, 3)
+    assert objects(at_three, "tobin", "knows") == {"true-debt"}
+    secret = at_three.entity("true-debt")
+    assert secret is not None
+    assert secret.kind == "secret"
+    found = await world.lookup(novel_id, "The Forgery")
+    assert found is not None
+    assert found.key == "true-debt"
+    # Knowledge is not exclusive: knowing a second secret keeps the first.
+    other = EntitySpec(key="map-fake", kind="secret", name="The map is a fake")
+    await apply_ok(
+        world,
+        novel_id,
+        4,
+        WorldChanges(entities=(other,), facts=(FactSpec("tobin", "knows", object="map-fake"),)),
+    )
+    assert objects(await world.world_as_of(novel_id, 4), "tobin", "knows") == {
+        "true-debt",
+        "map-fake",
+    }
+    assert {f.subject for f in (await world.neighbourhood(novel_id, "true-debt", 4)).facts} == {
+        "tobin"
+    }
+
+    await world.retract_chapter(novel_id, 3)
+    for chapter in (3, 4, 5):
+        snapshot = await world.world_as_of(novel_id, chapter)
+        assert objects(snapshot, "tobin", "knows") == ({"map-fake"} if chapter >= 4 else set())
+
+
+async def test_custody_passes_from_hand_to_hand(world: WorldMemory, novel_id: str) -> None:
+    await apply_ok(world, novel_id, 0, SEED)
+    ledger = EntitySpec(key="ledger", kind="item", name="The guild ledger")
+    await apply_ok(
+        world,
+        novel_id,
+        1,
+        WorldChanges(entities=(ledger,), facts=(FactSpec("ledger", "held_by", object="mara"),)),
+    )
+    await apply_ok(
+        world, novel_id, 4, WorldChanges(facts=(FactSpec("ledger", "held_by", object="tobin"),))
+    )
+
+    holders = [objects(s, "ledger", "held_by") for s in await history(world, novel_id, 6)]
+    assert holders == [set()] + [{"mara"}] * 3 + [{"tobin"}] * 3
+    [with_mara] = facts_about(await world.world_as_of(novel_id, 2), "ledger", "held_by")
+    assert (with_mara.valid_from_chapter, with_mara.valid_to_chapter) == (1, 4)
+
+    await world.retract_chapter(novel_id, 4)
+    holders = [objects(s, "ledger", "held_by") for s in await history(world, novel_id, 6)]
+    assert holders == [set()] + [{"mara"}] * 6
+
+
+async def test_a_fixed_attribute_changes_for_a_cause(world: WorldMemory, novel_id: str) -> None:
+    wren = EntitySpec(key="wren", kind="character", name="Wren", fixed={"hair_colour": "black"})
+    await apply_ok(world, novel_id, 0, WorldChanges(entities=(wren,)))
+
+    uncaused = await world.apply(
+        novel_id, 5, WorldChanges(facts=(FactSpec("wren", "hair_colour", "blue"),))
+    )
+    assert len(uncaused.rejected) == 1
+    assert "hair_colour" in uncaused.rejected[0].change
+    assert "cause" in uncaused.rejected[0].reason
+    assert (await world.world_as_of(novel_id, 5)).attributes("wren")["hair_colour"] == "black"
+
+    dyed = WorldChanges(facts=(FactSpec("wren", "hair_colour", "blue", cause="dyed"),))
+    await apply_ok(world, novel_id, 5, dyed)
+    await apply_ok(world, novel_id, 5, dyed)
+    at_four = await world.world_as_of(novel_id, 4)
+    at_five = await world.world_as_of(novel_id, 5)
+    assert at_four.attributes("wren")["hair_colour"] == "black"
+    assert at_five.attributes("wren")["hair_colour"] == "blue"
+    # The fixed value itself is still what the entity was introduced with.
+    wren_at_five = at_five.entity("wren")
+    assert wren_at_five is not None
+    assert dict(wren_at_five.fixed) == {"hair_colour": "black"}
+    [blue] = facts_about(at_five, "wren", "hair_colour")
+    assert (blue.value, blue.valid_from_chapter, blue.valid_to_chapter) == ("blue", 5, None)
+
+    # Restating what holds is a no-op; going back needs a cause as much as going away did.
+    await apply_ok(
+        world, novel_id, 7, WorldChanges(facts=(FactSpec("wren", "hair_colour", "blue"),))
+    )
+    assert await world.world_as_of(novel_id, 7) == replace_chapter(at_five, 7)
+    back = await world.apply(
+        novel_id, 8, WorldChanges(facts=(FactSpec("wren", "hair_colour", "black"),))
+    )
+    assert len(back.rejected) == 1
+    await apply_ok(
+        world,
+        novel_id,
+        8,
+        WorldChanges(facts=(FactSpec("wren", "hair_colour", "black", cause="washed out"),)),
+    )
+    colours = [s.attributes("wren")["hair_colour"] for s in await history(world, novel_id, 9)]
+    assert colours == ["black"] * 5 + ["blue"] * 3 + ["black"] * 2
+
+    await world.retract_chapter(novel_id, 5)
+    colours = [s.attributes("wren")["hair_colour"] for s in await history(world, novel_id, 9)]
+    assert colours == ["black"] * 10
+
+
+async def test_a_renamed_entity_is_known_by_every_name(world: WorldMemory, novel_id: str) -> None:
+    await apply_ok(world, novel_id, 0, SEED)
+    before = await history(world, novel_id, 5)
+    lookups_before = [await world.lookup(novel_id, q) for q in ("mara", "mara voss")]
+    await apply_ok(world, novel_id, 3, WorldChanges(renames=(Rename("mara", "Captain Mara"),)))
+    # Again, and to the name that holds: nothing more happens.
+    await apply_ok(world, novel_id, 3, WorldChanges(renames=(Rename("mara", "Captain Mara"),)))
+    await apply_ok(world, novel_id, 4, WorldChanges(renames=(Rename("mara", " captain MARA "),)))
+
+    at_two = (await world.world_as_of(novel_id, 2)).entity("mara")
+    assert at_two is not None
+    assert (at_two.name, at_two.aliases) == ("Mara Voss", ("Mara", "the Smuggler"))
+    at_three = await world.world_as_of(novel_id, 3)
+    renamed = at_three.entity("mara")
+    assert renamed is not None
+    assert (renamed.name, renamed.aliases) == (
+        "Captain Mara",
+        ("Mara Voss", "Mara", "the Smuggler"),
+    )
+    # A rename is no fact of the snapshot; everything else about Mara is as it was.
+    assert at_three.facts == before[3].facts
+    assert at_three.attributes("mara") == before[3].attributes("mara")
+    around = (await world.neighbourhood(novel_id, "tobin", 3)).entity("mara")
+    assert around == renamed
+    for query in ("Captain Mara", "mara voss", "the smuggler", "mara"):
+        found = await world.lookup(novel_id, query)
+        assert found == renamed, query
+
+    await world.retract_chapter(novel_id, 3)
+    assert await history(world, novel_id, 5) == before
+    assert await world.lookup(novel_id, "captain mara") is None
+    assert [await world.lookup(novel_id, q) for q in ("mara", "mara voss")] == lookups_before
+
+
+async def test_renames_follow_one_another_and_unknown_entities_are_rejected(
+    world: WorldMemory, novel_id: str
+) -> None:
+    await apply_ok(world, novel_id, 0, SEED)
+    await apply_ok(world, novel_id, 2, WorldChanges(renames=(Rename("tobin", "Brother Tobin"),)))
+    await apply_ok(world, novel_id, 6, WorldChanges(renames=(Rename("tobin", "Abbot Tobin"),)))
+    result = await world.apply(
+        novel_id,
+        4,
+        WorldChanges(
+            renames=(Rename("ghost", "The Spectre"),),
+            facts=(FactSpec("tobin", "@name", value="Sneaky"),),
+        ),
+    )
+    assert len(result.rejected) == 2
+    assert "ghost" in result.rejected[0].change
+    assert await world.lookup(novel_id, "the spectre") is None
+
+    def names(snapshot: WorldSnapshot) -> tuple[str, tuple[str, ...]]:
+        tobin = snapshot.entity("tobin")
+        assert tobin is not None
+        return tobin.name, tobin.aliases
+
+    history_of_names = [names(s) for s in await history(world, novel_id, 7)]
+    assert history_of_names == (
+        [("Tobin Voss", ("Tobin",))] * 2
+        + [("Brother Tobin", ("Tobin Voss", "Tobin"))] * 4
+        + [("Abbot Tobin", ("Tobin Voss", "Tobin", "Brother Tobin"))] * 2
+    )
+    # A lookup shows the entity as it is now, under its latest name.
+    found = await world.lookup(novel_id, "brother tobin")
+    assert found is not None
+    assert found.name == "Abbot Tobin"
+
+    # Undoing the first rename leaves the second, from its own chapter on.
+    await world.retract_chapter(novel_id, 2)
+    history_of_names = [names(s) for s in await history(world, novel_id, 7)]
+    assert (
+        history_of_names
+        == [("Tobin Voss", ("Tobin",))] * 6 + [("Abbot Tobin", ("Tobin Voss", "Tobin"))] * 2
+    )
+    assert await world.lookup(novel_id, "brother tobin") is None
 
 
 # --- idempotence ----------------------------------------------------------------------

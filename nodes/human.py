@@ -120,6 +120,9 @@ async def chapter_gate(state: NovelState, runtime: Runtime[ScribeContext]) -> di
                     "version_id": record.current_version_id,
                     "summary": record.summary,
                     "verdict": state.get("verdict"),
+                    # What the rules found in the accepted text, with quotes, so the
+                    # author can accept a deliberate change or send the chapter back.
+                    "findings": [dict(f) for f in record.findings or []],
                 }
             )
         )

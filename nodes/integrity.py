@@ -561,7 +561,9 @@ class _Rules:
     def run(self) -> list[Finding]:
         if not self.first_sentence:
             return []
-        events = ordered_claims(self.draft, self.claims)
+        # A claim whose quote is nowhere in the draft cannot be pointed at: a model that
+        # reports what the draft does not say must not send it back for it.
+        events = [e for e in ordered_claims(self.draft, self.claims) if e.quote]
         self._names(events)
         self._life(events)
         self._location(events)

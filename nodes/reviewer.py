@@ -28,6 +28,30 @@ each quoting a phrase or a sentence (the deterministic findings added after it m
 longer and more)."""
 
 
+CLAIMS_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "present": {"maxItems": 16},
+    **{f"{part}": {"maxItems": 6} for part in ("travel", "items", "knowledge", "time")},
+    "attributes": {"maxItems": 8},
+    **{
+        f"{part}[].quote": {"maxLength": 200}
+        for part in (
+            "present",
+            "travel",
+            "deaths",
+            "renames",
+            "items",
+            "knowledge",
+            "attributes",
+            "time",
+            "paid_off",
+            "planted",
+        )
+    },
+}
+"""Schema narrowing for the claims: enough for a chapter's cast and events, each claim
+quoting a sentence, so a small model cannot list the same walk-on forty times."""
+
+
 def decide(
     verdict: Verdict, *, revision: int, max_revisions: int, accept_score: int
 ) -> ReviewDecision:
@@ -76,6 +100,7 @@ async def read_claims(
             world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
         ),
         ChapterClaims,
+        constraints=CLAIMS_CONSTRAINTS,
     )
 
 

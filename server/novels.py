@@ -147,6 +147,16 @@ class ChapterVersions:
 
 
 @dataclass(frozen=True)
+class WorldAt:
+    """The world as of a chapter, with what the review found in that chapter's text."""
+
+    snapshot: WorldSnapshot
+    findings: Sequence[Mapping[str, Any]] | None
+    """Findings of the accepted chapter (``None`` for the seed, a chapter not accepted
+    yet, or a text stored before reviews kept them)."""
+
+
+@dataclass(frozen=True)
 class ExportedBook:
     """A rendered book ready to download."""
 
@@ -541,20 +551,23 @@ class NovelService:
 
     # --- world and export ---------------------------------------------------------------
 
-    async def world(
-        self, owner_id: str, novel_id: str, chapter: int | None = None
-    ) -> WorldSnapshot:
-        """The world as of ``chapter`` (0 is the seed; default: latest accepted chapter)."""
+    async def world(self, owner_id: str, novel_id: str, chapter: int | None = None) -> WorldAt:
+        """The world as of ``chapter`` (0 is the seed; default: latest accepted chapter)
+        and the findings of that chapter's text."""
         owned = await self._owned(owner_id, novel_id)
         planned = _planned_chapters(owned.record, await self._snapshot(owned.id))
+        accepted = {c.number: c for c in await self._store.list_chapters(owned.id)}
         if chapter is None:
-            accepted = await self._store.list_chapters(owned.id)
-            chapter = max((c.number for c in accepted), default=0)
+            chapter = max(accepted, default=0)
         elif not 0 <= chapter <= planned:
             raise InvalidInput(
                 f"chapter must be between 0 and {planned}, got {chapter}", field="chapter"
             )
-        return await self._ctx.world.world_as_of(owned.id, chapter)
+        record = accepted.get(chapter)
+        return WorldAt(
+            await self._ctx.world.world_as_of(owned.id, chapter),
+            record.findings if record else None,
+        )
 
     async def export(self, owner_id: str, novel_id: str, fmt: str) -> ExportedBook:
         """The accepted chapters as one Markdown document or an EPUB 3 file."""

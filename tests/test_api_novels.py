@@ -282,6 +282,9 @@ async def test_write_then_read_chapters_and_versions(api: Api) -> None:
         full = await get_json(api, auth, f"{base}/chapters/{listed['number']}")
         assert full["text"] == stored.text
         assert {k: full[k] for k in listed} == listed
+        # What the review found in the standing text, each quoting it.
+        assert isinstance(full["findings"], list)
+        assert all(f["quote"] in full["text"] for f in full["findings"])
 
     versions = await get_json(api, auth, f"{base}/chapters/1/versions")
     stored_versions = await store.list_versions(novel_id, 1)
@@ -292,6 +295,10 @@ async def test_write_then_read_chapters_and_versions(api: Api) -> None:
     assert [v["id"] for v in versions if v["current"]] == [chapters[0]["current_version_id"]]
     with_text = await get_json(api, auth, f"{base}/chapters/1/versions?include_text=true")
     assert [v["text"] for v in with_text] == [v.text for v in stored_versions]
+    for version in with_text:  # every draft was reviewed, and its findings kept
+        assert isinstance(version["findings"], list)
+        assert all(f["quote"] in version["text"] for f in version["findings"])
+        assert all(f["severity"] in ("major", "minor") for f in version["findings"])
 
     # A finished book cannot be written again.
     again = await api.client.post(f"{base}/write", json={}, headers=auth)
@@ -466,6 +473,9 @@ async def test_edit_accepted_chapter_reindexes_and_recomputes_world(api: Api) ->
     assert edited["title"] == chapter_before["title"]
     assert edited["word_count"] == len(text.replace(",", "").replace(".", "").split())
     assert await get_json(api, auth, f"{base}/chapters/1") == edited
+    # The author's text was read and checked like a draft: far too short for the target.
+    assert [f["kind"] for f in edited["findings"] if f["severity"] == "major"] == ["length"]
+    assert all(f["quote"] in text for f in edited["findings"])
 
     versions = await get_json(api, auth, f"{base}/chapters/1/versions")
     assert len(versions) == len(versions_before) + 1
@@ -538,6 +548,10 @@ async def test_world_as_of_chapters(api: Api) -> None:
     one = await get_json(api, auth, f"{base}/world?chapter=1")
     assert one["chapter"] == 1
     assert all(f["valid_from_chapter"] <= 1 for f in one["facts"] + one["relationships"])
+    # Each chapter's world comes with what the review found in that chapter's text.
+    assert seed["findings"] is None
+    chapter_one = await get_json(api, auth, f"{base}/chapters/1")
+    assert one["findings"] == chapter_one["findings"] and isinstance(one["findings"], list)
 
     assert_error(
         await api.client.get(f"{base}/world?chapter=3", headers=auth), 422, "between 0 and 2"

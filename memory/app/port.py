@@ -60,6 +60,8 @@ class ChapterRecord:
     text: str
     word_count: int
     updated_at: datetime
+    findings: Sequence[Mapping[str, Any]] | None = None
+    """The findings of the standing version's review (``None``: never reviewed)."""
 
 
 class AppStore(ABC):

@@ -90,6 +90,7 @@ def _chapter(row: ChapterRow, version: ChapterVersionRow) -> ChapterRecord:
         text=version.text,
         word_count=version.word_count,
         updated_at=utc(row.updated_at),
+        findings=version.findings,
     )
 
 

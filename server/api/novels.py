@@ -9,7 +9,7 @@ points at the run under the LangGraph-compatible ``/threads`` API.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -224,6 +224,23 @@ class WriteResponse(BaseModel):
         )
 
 
+class FindingResponse(BaseModel):
+    """A problem the rules found in a chapter text, quoting it (see ``nodes/integrity.py``)."""
+
+    kind: str
+    """life, location, name, attribute, knowledge, custody, time, setup, repetition or
+    length."""
+    severity: Literal["major", "minor"]
+    quote: str
+    problem: str
+    suggestion: str = ""
+
+    @classmethod
+    def listed(cls, findings: Sequence[Mapping[str, Any]] | None) -> list[FindingResponse] | None:
+        """The responses for stored findings (``None`` when the text was never reviewed)."""
+        return None if findings is None else [cls.model_validate(f) for f in findings]
+
+
 class ChapterSummaryResponse(BaseModel):
     """An accepted chapter without its text."""
 
@@ -248,14 +265,21 @@ class ChapterSummaryResponse(BaseModel):
 
 
 class ChapterResponse(ChapterSummaryResponse):
-    """An accepted chapter with its standing text."""
+    """An accepted chapter with its standing text and what the review found in it."""
 
     text: str
+    findings: list[FindingResponse] | None = None
+    """Consistency, repetition and length findings of the standing text, majors first;
+    ``null`` for a text stored before reviews kept them."""
 
     @classmethod
     def of_chapter(cls, chapter: ChapterRecord) -> ChapterResponse:
         """The response for ``chapter``."""
-        return cls(**ChapterSummaryResponse.of(chapter).model_dump(), text=chapter.text)
+        return cls(
+            **ChapterSummaryResponse.of(chapter).model_dump(),
+            text=chapter.text,
+            findings=FindingResponse.listed(chapter.findings),
+        )
 
 
 class VersionResponse(BaseModel):
@@ -270,6 +294,8 @@ class VersionResponse(BaseModel):
     created_at: datetime
     current: bool
     text: str | None = None
+    findings: list[FindingResponse] | None = None
+    """What the review of this version found (``null``: not reviewed)."""
 
     @classmethod
     def of(
@@ -286,6 +312,7 @@ class VersionResponse(BaseModel):
             created_at=version.created_at,
             current=current,
             text=version.text if include_text else None,
+            findings=FindingResponse.listed(version.findings),
         )
 
 
@@ -341,12 +368,18 @@ class WorldResponse(BaseModel):
     facts: list[FactResponse]
     relationships: list[RelationshipResponse]
     open_setups: list[SetupResponse]
+    findings: list[FindingResponse] | None = None
+    """What the review found in this chapter's accepted text (``null`` for the seed, a
+    chapter not accepted yet, or a text stored before reviews kept them)."""
 
     @classmethod
-    def of(cls, snapshot: WorldSnapshot) -> WorldResponse:
+    def of(
+        cls, snapshot: WorldSnapshot, findings: Sequence[Mapping[str, Any]] | None = None
+    ) -> WorldResponse:
         """The response for ``snapshot``."""
         return cls(
             chapter=snapshot.chapter,
+            findings=FindingResponse.listed(findings),
             entities=[
                 EntityResponse(
                     key=e.key,
@@ -554,8 +587,10 @@ async def get_world(
         int | None, Query(ge=0, description="default: the latest accepted chapter")
     ] = None,
 ) -> WorldResponse:
-    """The world as of a chapter: entities, attribute facts, relationships, open set-ups."""
-    return WorldResponse.of(await novels.world(user.user_id, novel_id, chapter))
+    """The world as of a chapter: entities, attribute facts, relationships, open set-ups,
+    and the findings of that chapter's text."""
+    world = await novels.world(user.user_id, novel_id, chapter)
+    return WorldResponse.of(world.snapshot, world.findings)
 
 
 @router.get("/{novel_id}/export", response_model=None)

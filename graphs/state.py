@@ -20,6 +20,8 @@ class NovelInput(TypedDict, total=False):
     premise: Required[str]
     chapters: Required[int]
     genre: str | None
+    language: str | None
+    """BCP 47 tag of the book's language; default: detected from the premise."""
     pause_after: list[PausePoint]
     max_revisions: int
 
@@ -41,6 +43,7 @@ class NovelState(TypedDict, total=False):
     premise: Required[str]
     chapters: Required[int]
     genre: str | None
+    language: str | None
     pause_after: list[PausePoint]
     max_revisions: int
     # set by intake

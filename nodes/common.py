@@ -37,6 +37,11 @@ def novel_id_of(state: dict[str, Any] | Any) -> str:
     return str(novel_id)
 
 
+def language_of(state: dict[str, Any] | Any) -> str:
+    """The book's language tag (books begun before languages were recorded: English)."""
+    return str(state.get("language") or "en")
+
+
 def progress(runtime: Runtime[ScribeContext], agent: str, step: str, **data: Any) -> None:
     """Emit a ``custom`` stream event describing what an agent is doing now."""
     runtime.stream_writer({"agent": agent, "step": step, **data})

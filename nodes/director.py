@@ -7,7 +7,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graphs.state import NovelState
-from nodes.common import novel_id_of, progress
+from nodes.common import language_of, novel_id_of, progress
 from nodes.context import ScribeContext
 from nodes.schemas import (
     BeatsInput,
@@ -108,6 +108,7 @@ async def director_plan(state: NovelState, runtime: Runtime[ScribeContext]) -> d
     plan = await ctx.models.structured(
         "story_plan",
         StoryPlanInput(
+            language=language_of(state),
             premise=state["premise"],
             chapters=chapters,
             genre=state.get("genre"),
@@ -148,6 +149,7 @@ async def director_beats(state: NovelState, runtime: Runtime[ScribeContext]) -> 
     beats = await ctx.models.structured(
         "chapter_beats",
         BeatsInput(
+            language=language_of(state),
             chapter=chapter,
             chapters=state["chapters"],
             bible=StoryBible(**state["bible"]),

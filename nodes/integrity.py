@@ -38,11 +38,11 @@ the current ``day``, events carry a fixed ``day``, characters a fixed ``born_day
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from memory.text import SENTENCE_ENDS, is_cjk, text_length, text_units
 from memory.world.port import Entity, Setup, WorldSnapshot
 from nodes.common import slugify
 from nodes.consistency import (
@@ -132,34 +132,6 @@ def _limit(text: str) -> str:
     return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 1].rstrip() + "\u2026"
 
 
-# --- text units: words, or characters in scripts written without spaces ----------------
-
-_CJK = (
-    "\u3040-\u30ff"  # hiragana, katakana
-    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
-    "\uac00-\ud7af"  # hangul syllables
-)
-_UNIT = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
-_CJK_CHAR = re.compile(rf"[{_CJK}]")
-
-
-def text_units(text: str) -> list[str]:
-    """The counting units of ``text``, case-folded: one per word in space-separated
-    scripts, one per character in Chinese, Japanese and Korean."""
-    return _UNIT.findall(unicodedata.normalize("NFKC", text).casefold())
-
-
-def is_cjk(text: str) -> bool:
-    """True when most letters of ``text`` are CJK characters."""
-    units = text_units(text)
-    return bool(units) and sum(1 for u in units if _CJK_CHAR.fullmatch(u)) * 2 > len(units)
-
-
-def text_length(text: str) -> int:
-    """Length as writers count it: words, or characters for CJK text."""
-    return len(text_units(text))
-
-
 _STOP = frozenset(
     [
         "a",
@@ -203,7 +175,7 @@ def _norm(text: str) -> str:
 # --- where a claim stands in the draft ---------------------------------------------------
 
 _SENTENCE = re.compile(
-    r"[^.!?\u2026\u3002\uff01\uff1f\n]+(?:[.!?\u2026\u3002\uff01\uff1f]+[\"'\u201d\u2019\u300d\u300f)]*)?"
+    rf"[^{SENTENCE_ENDS}\n]+(?:[{SENTENCE_ENDS}]+[\"'\u201d\u2019\u300d\u300f)]*)?"
 )
 
 
@@ -1047,16 +1019,26 @@ def _shingle_size(text: str) -> int:
     return 12 if is_cjk(text) else 8
 
 
+PASSAGE_UNITS = 30
+"""A repeated paragraph this long (words, or CJK characters) is a repeated passage (major);
+a shorter one (a line of dialogue, a stock sentence) is reported as minor."""
+REPETITIONS_REPORTED = 3
+"""At most this many repetition findings per draft: the first ones say enough."""
+
+
 def repetition_findings(draft: str, earlier: Sequence[tuple[int, str]] = ()) -> list[Finding]:
     """Paragraphs that repeat an earlier paragraph of the draft, or a passage of an
     earlier chapter (``earlier``: (chapter, text) pairs): at least half of the
-    paragraph's shingles (runs of eight words, or twelve CJK characters) occurred there."""
+    paragraph's shingles (runs of eight words, or twelve CJK characters) occurred there.
+    Major for a paragraph of :data:`PASSAGE_UNITS` or more, else minor; at most
+    :data:`REPETITIONS_REPORTED`, majors first."""
     size = _shingle_size(draft)
     previous_chapters = [(n, _shingles(text_units(text), size)) for n, text in earlier]
     seen: list[tuple[int, set[tuple[str, ...]]]] = []
     findings: list[Finding] = []
     for number, (_, paragraph) in enumerate(_paragraphs(draft), 1):
-        shingles = _shingles(text_units(paragraph), size)
+        units = text_units(paragraph)
+        shingles = _shingles(units, size)
         if not shingles:
             continue
         quote = _clip(next((s for _, s in _sentences(paragraph)), paragraph.strip()))
@@ -1073,16 +1055,18 @@ def repetition_findings(draft: str, earlier: Sequence[tuple[int, str]] = ()) -> 
         seen.append((number, shingles))
         if source is None:
             continue
+        severity: Severity = "major" if len(units) >= PASSAGE_UNITS else "minor"
         findings.append(
             Finding(
                 "repetition",
-                "major",
+                severity,
                 quote,
                 f"Paragraph {number} repeats {source} nearly word for word.",
                 "Replace the repeated passage with new action that moves the chapter on.",
             )
         )
-    return findings
+    findings.sort(key=lambda f: f.severity != "major")
+    return findings[:REPETITIONS_REPORTED]
 
 
 def length_findings(draft: str, target: int) -> list[Finding]:

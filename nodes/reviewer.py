@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 from graphs.state import NovelState, ReviewDecision, VerdictState
 from memory.errors import StorageError
 from memory.world.port import WorldSnapshot
-from nodes.common import novel_id_of, progress
+from nodes.common import language_of, novel_id_of, progress
 from nodes.consistency import with_findings
 from nodes.context import ScribeContext
 from nodes.integrity import draft_findings
@@ -86,7 +86,12 @@ def grounded(verdict: Verdict, draft: str) -> Verdict:
 
 
 async def read_claims(
-    ctx: ScribeContext, chapter: int, beats: ChapterBeats, text: str, snapshot: WorldSnapshot
+    ctx: ScribeContext,
+    chapter: int,
+    beats: ChapterBeats,
+    text: str,
+    snapshot: WorldSnapshot,
+    language: str = "en",
 ) -> ChapterClaims:
     """The reviewer's model's reading of ``text``: what it states that the world can
     confirm or contradict (one ``chapter_claims`` answer). The same reading of the
@@ -94,6 +99,7 @@ async def read_claims(
     return await ctx.models.structured(
         "chapter_claims",
         ClaimsInput(
+            language=language,
             chapter=chapter,
             beats=beats,
             draft=text,
@@ -120,7 +126,7 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
     # Deterministic checks first: the draft's claims against the world, then the text
     # itself. The model sees the findings, and they stay in the verdict (as issues, majors
     # forcing a revision) whether or not the model repeats them.
-    claims = await read_claims(ctx, chapter, beats, draft, snapshot)
+    claims = await read_claims(ctx, chapter, beats, draft, snapshot, language_of(state))
     earlier = [
         (c.number, c.text) for c in await ctx.store.list_chapters(novel_id) if c.number < chapter
     ]
@@ -140,6 +146,7 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
     verdict = await ctx.models.structured(
         "chapter_review",
         ReviewInput(
+            language=language_of(state),
             chapter=chapter,
             beats=beats,
             draft=draft,

@@ -27,6 +27,8 @@ Name = Annotated[str, Field(min_length=1, max_length=80)]
 """A name of a character, place, thing or set-up, as the model writes it."""
 Phrase = Annotated[str, Field(min_length=1, max_length=200)]
 Names = Annotated[list[Name], Field(max_length=12)]
+Language = Annotated[str, Field(pattern=r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")]
+"""The book's language as a BCP 47 tag; every prompt asks for prose in it."""
 Attributes = Annotated[
     dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=120)]],
     Field(max_length=8),
@@ -58,6 +60,8 @@ class ChapterOutline(_Model):
 
 class StoryPlanInput(_Model):
     """Director task ``story_plan``."""
+
+    language: Language = "en"
 
     premise: str
     chapters: int
@@ -123,6 +127,8 @@ class SetupSeed(_Model):
 class WorldSeedInput(_Model):
     """Worldsmith task ``world_places``: the premise, bible and outline to build from."""
 
+    language: Language = "en"
+
     premise: str
     bible: StoryBible
     outline: list[ChapterOutline]
@@ -140,6 +146,8 @@ class WorldPlaces(_Model):
 class WorldCastInput(_Model):
     """Worldsmith task ``world_cast``: the characters, placed in the world already built."""
 
+    language: Language = "en"
+
     premise: str
     bible: StoryBible
     outline: list[ChapterOutline]
@@ -155,6 +163,8 @@ class WorldCast(_Model):
 
 class WorldLinksInput(_Model):
     """Worldsmith task ``world_links``: relationships and set-ups between known names."""
+
+    language: Language = "en"
 
     premise: str
     bible: StoryBible
@@ -249,6 +259,8 @@ class PlannedEvent(_Model):
 class BeatsInput(_Model):
     """Director task ``chapter_beats``."""
 
+    language: Language = "en"
+
     chapter: int
     chapters: int
     bible: StoryBible
@@ -297,6 +309,8 @@ class ReviewIssue(_Model):
 class DraftInput(_Model):
     """Writer task ``chapter_draft``; the answer is the chapter's prose (no heading)."""
 
+    language: Language = "en"
+
     chapter: int
     title: str
     bible: StoryBible
@@ -331,6 +345,8 @@ class Scores(_Model):
 
 class ReviewInput(_Model):
     """Reviewer task ``chapter_review``."""
+
+    language: Language = "en"
 
     chapter: int
     beats: ChapterBeats
@@ -537,6 +553,8 @@ class PlantClaim(_Model):
 
 class ClaimsInput(_Model):
     """Reviewer task ``chapter_claims``: what the draft states."""
+
+    language: Language = "en"
 
     chapter: int
     beats: ChapterBeats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast, get_args
@@ -11,6 +12,7 @@ from langgraph.runtime import Runtime
 
 from graphs.state import NovelState, PausePoint
 from memory.errors import Conflict, InvalidInput, StorageError
+from memory.text import is_cjk
 from nodes.common import novel_id_of, progress
 from nodes.context import ScribeContext
 
@@ -18,6 +20,22 @@ MAX_PREMISE_CHARS = 4000
 MAX_CHAPTERS = 100
 MAX_GENRE_CHARS = 80
 PAUSE_POINTS: tuple[str, ...] = get_args(PausePoint)
+LANGUAGE_TAG = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
+"""A BCP 47 language tag as books use them: ``en``, ``zh``, ``zh-Hant``, ``pt-BR``."""
+_KANA = re.compile(r"[\u3040-\u30ff]")
+_HANGUL = re.compile(r"[\uac00-\ud7af]")
+
+
+def detect_language(premise: str) -> str:
+    """The language a premise is written in, as far as the script tells: Japanese (kana),
+    Korean (hangul), Chinese (other CJK characters), else English."""
+    if not is_cjk(premise):
+        return "en"
+    if _KANA.search(premise):
+        return "ja"
+    if _HANGUL.search(premise):
+        return "ko"
+    return "zh"
 
 
 @dataclass(frozen=True)
@@ -28,12 +46,21 @@ class BookRequest:
     chapters: int
     genre: str | None
     pause_after: tuple[PausePoint, ...]
+    language: str = "en"
+    """The book's language (BCP 47): given, or detected from the premise."""
 
 
 def validate_request(
-    premise: object, chapters: object, genre: object = None, pause_after: Iterable[object] = ()
+    premise: object,
+    chapters: object,
+    genre: object = None,
+    pause_after: Iterable[object] = (),
+    language: object = None,
 ) -> BookRequest:
-    """Check a book request; raises :class:`InvalidInput` naming the offending field."""
+    """Check a book request; raises :class:`InvalidInput` naming the offending field.
+
+    Without a ``language`` the premise's script decides (see :func:`detect_language`).
+    """
     if not isinstance(premise, str) or not premise.strip():
         raise InvalidInput("premise must be a non-empty text", field="premise")
     text = premise.strip()
@@ -62,7 +89,16 @@ def validate_request(
         if point not in pauses:
             pauses.append(cast(PausePoint, point))
     clean_genre = genre.strip() if isinstance(genre, str) and genre.strip() else None
-    return BookRequest(text, chapters, clean_genre, tuple(pauses))
+    if language is None or language == "":
+        tag = detect_language(text)
+    elif isinstance(language, str) and LANGUAGE_TAG.match(language.strip()):
+        tag = language.strip()
+    else:
+        raise InvalidInput(
+            f"language must be a language tag such as 'en', 'zh' or 'pt-BR', got {language!r}",
+            field="language",
+        )
+    return BookRequest(text, chapters, clean_genre, tuple(pauses), tag)
 
 
 async def intake(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
@@ -72,6 +108,7 @@ async def intake(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str
         state.get("chapters"),
         state.get("genre"),
         state.get("pause_after", ()),
+        state.get("language"),
     )
     thread_id = runtime.execution_info.thread_id if runtime.execution_info else None
     novel_id = state.get("novel_id") or thread_id
@@ -90,6 +127,7 @@ async def intake(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str
         "premise": request.premise,
         "chapters": request.chapters,
         "genre": request.genre,
+        "language": request.language,
         "pause_after": list(request.pause_after),
         "max_revisions": max_revisions,
         "chapter": 1,

@@ -24,7 +24,7 @@ from memory.world.port import (
     WorldChanges,
     WorldSnapshot,
 )
-from nodes.common import novel_id_of, progress, slugify
+from nodes.common import language_of, novel_id_of, progress, slugify
 from nodes.context import ScribeContext
 from nodes.integrity import (
     BORN_DAY,
@@ -425,6 +425,7 @@ async def worldsmith_seed(state: NovelState, runtime: Runtime[ScribeContext]) ->
     seed = await build_seed(
         ctx.models,
         WorldSeedInput(
+            language=language_of(state),
             premise=state["premise"],
             bible=StoryBible(**state["bible"]),
             outline=[ChapterOutline(**c) for c in state["outline"]],
@@ -463,6 +464,7 @@ async def record_chapter_world(
     beats: ChapterBeats,
     text: str,
     claims: ChapterClaims | None = None,
+    language: str = "en",
 ) -> RecordedChapter:
     """Redo one chapter's world facts from its text: retract what the chapter recorded
     before, then apply what its claims change, at the chapter.
@@ -477,7 +479,7 @@ async def record_chapter_world(
     snapshot = await ctx.world.world_as_of(novel_id, chapter)
     findings: tuple[Finding, ...] = ()
     if claims is None:
-        claims = await read_claims(ctx, chapter, beats, text, snapshot)
+        claims = await read_claims(ctx, chapter, beats, text, snapshot, language)
         findings = tuple(
             draft_findings(
                 text, claims, snapshot, chapter, beats, target=ctx.options.words_per_chapter
@@ -500,7 +502,9 @@ async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) 
     # The reviewer's claims about the accepted text serve here too: no second reading.
     version = await ctx.store.get_version(record.current_version_id)
     stored = ChapterClaims.model_validate(version.claims) if version.claims else None
-    recorded = await record_chapter_world(ctx, novel_id, chapter, beats, record.text, stored)
+    recorded = await record_chapter_world(
+        ctx, novel_id, chapter, beats, record.text, stored, language_of(state)
+    )
     claims, result = recorded.claims, recorded.result
     await ctx.store.accept_chapter(
         novel_id, chapter, record.current_version_id, record.title, claims.summary

@@ -7,7 +7,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graphs.state import NovelState
-from nodes.common import novel_id_of, progress, stable_id
+from nodes.common import language_of, novel_id_of, progress, stable_id
 from nodes.context import ScribeContext
 from nodes.llm.answers import word_count
 from nodes.schemas import ChapterBeats, DraftInput, RetrievedPassage, ReviewIssue, StoryBible
@@ -63,6 +63,7 @@ async def writer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str
     text = await ctx.models.prose(
         "chapter_draft",
         DraftInput(
+            language=language_of(state),
             chapter=chapter,
             title=beats.title,
             bible=StoryBible(**state["bible"]),

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     write.add_argument("--chapters", required=True, type=int, help="how many chapters (1-100)")
     write.add_argument("--genre", help="genre, e.g. 'fantasy' (default: the director chooses)")
     write.add_argument(
+        "--language",
+        help="the book's language as a tag, e.g. 'en', 'zh', 'fr' (default: the premise's)",
+    )
+    write.add_argument(
         "--pause",
         default="",
         help="pause for the author after: outline, chapter, or both (comma-separated)",
@@ -430,7 +434,7 @@ async def _cmd_write(args: argparse.Namespace) -> int:
     from nodes.session import validate_request
 
     pauses = [p.strip() for p in args.pause.split(",") if p.strip()]
-    request = validate_request(args.premise, args.chapters, args.genre, pauses)
+    request = validate_request(args.premise, args.chapters, args.genre, pauses, args.language)
     budget = _budget(args)
     settings = _settings(args)
     if args.out is not None and args.out.is_dir():

@@ -36,7 +36,7 @@ from memory.app.port import (
 from memory.errors import Conflict, InvalidInput, NotFound
 from memory.retrieval.chunking import split_passages
 from memory.world.port import WorldSnapshot
-from nodes.common import slugify, stable_id
+from nodes.common import language_of, slugify, stable_id
 from nodes.context import ScribeContext
 from nodes.human import (
     Approve,
@@ -76,6 +76,8 @@ class NovelRequest:
     genre: str | None
     pause_after: tuple[PausePoint, ...]
     max_revisions: int | None
+    language: str | None = None
+    """BCP 47 tag; ``None``: detected from the premise."""
 
     def graph_input(self) -> dict[str, Any]:
         """The input of the novel graph's first run."""
@@ -83,6 +85,7 @@ class NovelRequest:
             "premise": self.premise,
             "chapters": self.chapters,
             "genre": self.genre,
+            "language": self.language,
             "pause_after": list(self.pause_after),
         }
         if self.max_revisions is not None:
@@ -190,12 +193,14 @@ def gate_of(snapshot: StateSnapshot) -> Gate | None:
 def _metadata_request(record: NovelRecord, metadata: Mapping[str, Any]) -> NovelRequest:
     pauses = metadata.get("pause_after") or ()
     revisions = metadata.get("max_revisions")
+    language = metadata.get("language")
     return NovelRequest(
         premise=record.premise,
         chapters=record.chapters,
         genre=record.genre,
         pause_after=tuple(p for p in pauses if p in get_args(PausePoint)),
         max_revisions=revisions if isinstance(revisions, int) else None,
+        language=language if isinstance(language, str) else None,
     )
 
 
@@ -261,7 +266,11 @@ class NovelService:
     ) -> NovelDetail:
         """Create an idle thread owned by ``owner_id`` and its novel record (not started)."""
         checked = validate_request(
-            request.premise, request.chapters, request.genre, request.pause_after
+            request.premise,
+            request.chapters,
+            request.genre,
+            request.pause_after,
+            request.language,
         )
         revisions = _max_revisions(request.max_revisions)
         metadata: dict[str, Any] = {
@@ -269,6 +278,8 @@ class NovelService:
             "kind": NOVEL_KIND,
             "pause_after": list(checked.pause_after),
         }
+        if request.language:
+            metadata["language"] = checked.language
         if revisions is not None:
             metadata["max_revisions"] = revisions
         if title:
@@ -524,7 +535,10 @@ class NovelService:
         )
         await self._store.accept_chapter(tid, number, version.id, version.title, current.summary)
         await ctx.passages.index_chapter(tid, number, split_passages(version.text))
-        recorded = await record_chapter_world(ctx, tid, number, beats, version.text)
+        state = (await self._snapshot(tid)).values or {}
+        recorded = await record_chapter_world(
+            ctx, tid, number, beats, version.text, language=language_of(state)
+        )
         await self._store.save_review(
             version.id,
             recorded.claims.model_dump(mode="json"),

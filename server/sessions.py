@@ -99,6 +99,7 @@ class Sessions:
             "premise": request.premise,
             "chapters": request.chapters,
             "genre": request.genre,
+            "language": request.language,
             "pause_after": list(request.pause_after),
         }
         return await self._run(session_id, [(inputs, None)], on_progress, budget=budget)

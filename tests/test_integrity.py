@@ -16,16 +16,15 @@ import pytest
 from memory.app.sql import SqlAppStore
 from memory.db import make_engine
 from memory.errors import NotFound
+from memory.text import is_cjk, text_length
 from memory.world.port import EntitySpec, FactSpec, WorldChanges
 from memory.world.sql import SqlWorldMemory
 from nodes.integrity import (
     TIMELINE_KEY,
     check_claims,
-    is_cjk,
     length_findings,
     locate,
     repetition_findings,
-    text_length,
     values_conflict,
 )
 from nodes.schemas import ChapterClaims
@@ -110,7 +109,7 @@ def test_repetition_within_and_across_chapters_is_found() -> None:
     across = repetition_findings(f"{other}\n\n{paragraph}", [(1, f"Intro.\n\n{paragraph}")])
     assert len(across) == 1 and "chapter 1" in across[0].problem
     assert repetition_findings(f"{other}\n\n{paragraph}", [(1, "Something else entirely.")]) == []
-    cjk = "风从海上吹来，吹得窗板咯咯作响，钟在架子上嗡嗡作响，玛拉站在灯塔上看着远方的船只。"  # noqa: RUF001 - Chinese punctuation
+    cjk = "风从海上吹来，吹得窗板咯咯作响，钟在架子上嗡嗡作响，玛拉站在灯塔上看着远方的船只。"
     assert [f.kind for f in repetition_findings(f"{cjk}\n\n玛拉下楼了。\n\n{cjk}")] == [
         "repetition"
     ]

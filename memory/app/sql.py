@@ -6,7 +6,6 @@ writers are settled by the database's unique constraints and a short retry.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast, get_args
@@ -32,19 +31,19 @@ from memory.app.tables import (
 )
 from memory.db import SqlStore, utc
 from memory.errors import Conflict, InvalidInput, NotFound, StorageError
+from memory.text import text_length
 
 _STATUSES: frozenset[str] = frozenset(get_args(NovelStatus))
 _KINDS: frozenset[str] = frozenset(get_args(VersionKind))
-# A word is a run of letters/digits, possibly joined by apostrophes or hyphens ("don't").
-_WORD = re.compile(r"\w+(?:['\u2019-]\w+)*")
 # Concurrent writers can both pick the same next version number; one loses on the
 # unique constraint and simply tries again.
 _WRITE_ATTEMPTS = 5
 
 
 def count_words(text: str) -> int:
-    """Number of words in ``text`` (hyphenated words and contractions count once)."""
-    return len(_WORD.findall(text))
+    """Number of words in ``text`` (hyphenated words and contractions count once; each
+    character of Chinese, Japanese or Korean text counts as one)."""
+    return text_length(text)
 
 
 def _now() -> datetime:

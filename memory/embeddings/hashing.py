@@ -24,9 +24,12 @@ from itertools import pairwise
 
 from memory.embeddings.port import Embedder
 from memory.errors import ConfigurationError
+from memory.text import spaced_cjk
 
 VERSION = "v1"
-"""Bump whenever features or weights change: the name (and so the collection) changes too."""
+"""Bump whenever features or weights change: the name (and so the collection) changes too.
+(Still v1 after CJK characters became words of their own: vectors of text without CJK
+are unchanged, and CJK text was not searchable before.)"""
 
 # Only the most frequent function words: they would dominate the unigram group while
 # saying nothing about content. Pronouns stay out of the list on purpose ("her key").
@@ -57,10 +60,14 @@ _PERSON = b"scribe-hash-" + VERSION.encode()
 
 
 def normalise(text: str) -> list[str]:
-    """Lower-cased NFKC words without punctuation; "keeper's" -> "keeper", "don't" -> "dont"."""
+    """Lower-cased NFKC words without punctuation; "keeper's" -> "keeper", "don't" -> "dont".
+
+    Each CJK character is a word of its own (those scripts put no spaces between words),
+    so Chinese text gets character unigrams and bigrams, the usual features of CJK search.
+    """
     text = unicodedata.normalize("NFKC", text).lower()
     text = _APOSTROPHES.sub("", _POSSESSIVE.sub("", text))
-    return _NON_WORD.sub(" ", text).split()
+    return _NON_WORD.sub(" ", spaced_cjk(text)).split()
 
 
 def _has_vowel(stem: str) -> bool:

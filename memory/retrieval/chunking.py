@@ -1,9 +1,10 @@
 """Split a chapter into passages for the retrieval index.
 
 Passages follow the prose's own structure: short paragraphs are merged until a passage
-reaches ``target_words``, an overlong paragraph is cut between sentences, and no passage
-exceeds ``max_words`` (a single monstrous sentence is cut between words as a last resort).
-Merged paragraphs keep their blank-line separation so a retrieved passage reads naturally.
+reaches ``target_words`` (words, or characters of Chinese, Japanese or Korean text), an
+overlong paragraph is cut between sentences, and no passage exceeds ``max_words`` (a
+single monstrous sentence is cut between words as a last resort). Merged paragraphs keep
+their blank-line separation so a retrieved passage reads naturally.
 """
 
 from __future__ import annotations
@@ -11,16 +12,22 @@ from __future__ import annotations
 import re
 
 from memory.errors import InvalidInput
+from memory.text import has_cjk, text_length
 
 # A sentence ends at . ! ? or an ellipsis, optionally followed by closing quotes or
 # brackets, and is followed by whitespace. Abbreviations ("Mr. Venn") may cause an extra
 # cut; that only makes a passage boundary slightly earlier, never loses text.
-_SENTENCE_END = re.compile(r"(?<=[.!?\u2026])[\"'\u201d\u2019)\]]*\s+")
+# CJK full stops end a sentence with or without a space after them.
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?\u2026])[\"'\u201d\u2019)\]]*\s+"
+    r"|(?<=[\u3002\uff01\uff1f])[\u201d\u300d\u300f\uff09]*\s*"
+)
 _BLANK_LINE = re.compile(r"\n\s*\n")
 
 
 def _words(text: str) -> int:
-    return len(text.split())
+    """Words, or characters of CJK text (see :mod:`memory.text`)."""
+    return text_length(text)
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -43,6 +50,8 @@ def _sentences(paragraph: str) -> list[str]:
 
 
 def _hard_split(sentence: str, max_words: int) -> list[str]:
+    if has_cjk(sentence) and " " not in sentence.strip():
+        return [sentence[i : i + max_words] for i in range(0, len(sentence), max_words)]
     words = sentence.split()
     return [" ".join(words[i : i + max_words]) for i in range(0, len(words), max_words)]
 
@@ -71,7 +80,8 @@ def _split_long(paragraph: str, target_words: int, max_words: int) -> list[str]:
             units.extend(_hard_split(sentence, max_words))
         else:
             units.append(sentence)
-    return _pack(units, " ", target_words, max_words)
+    # CJK sentences follow one another without a space.
+    return _pack(units, "" if has_cjk(paragraph) else " ", target_words, max_words)
 
 
 def split_passages(text: str, *, target_words: int = 120, max_words: int = 220) -> list[str]:

@@ -62,7 +62,10 @@ def is_refusal(text: str) -> bool:
 # Sentence ends and closing quotes, CJK full-width forms included (as escapes).
 _ENDS = ".!?\u3002\uff01\uff1f\u2026"
 _CLOSERS = "\"'\u201d\u2019\u300d\u300f)"
-_SENTENCE_END = re.compile(rf"(?<=[{_ENDS}])[{_CLOSERS}]*\s+")
+# CJK sentences end at their full stop whether or not a space follows.
+_SENTENCE_END = re.compile(
+    rf"(?<=[{_ENDS}])[{_CLOSERS}]*\s+|(?<=[\u3002\uff01\uff1f])[{_CLOSERS}]*(?=\S)"
+)
 _NORMALISE = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -107,9 +110,17 @@ def _sentences(text: str, policy: LoopPolicy) -> list[tuple[int, str]]:
     return found
 
 
+CJK_RUN_FACTOR = 2
+"""A CJK character is about half a word: a run of ``ngram`` words is ``2 * ngram``
+characters of Chinese or Japanese, or every name and stock phrase would look like a loop."""
+
+
 def _word_runs(text: str, n: int) -> list[tuple[int, tuple[str, ...]]]:
-    """Each run of ``n`` normalised words: its offset and words."""
+    """Each run of ``n`` normalised words (``2n`` characters of CJK text): its offset and
+    words."""
     matches = list(_WORD.finditer(text))
+    if sum(1 for m in matches if _CJK.fullmatch(m.group(0))) * 2 > len(matches):
+        n *= CJK_RUN_FACTOR
     words = [_NORMALISE.sub("", m.group(0)).lower() for m in matches]
     return [(matches[i].start(), tuple(words[i : i + n])) for i in range(len(words) - n + 1)]
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from typing_extensions import override
 
 from nodes import schemas
+from nodes.llm import offline_zh
 from nodes.llm.names import OFFLINE_VARIANT
 from nodes.llm.offline_prose import chapter_claims, chapter_draft, chapter_review
 from nodes.llm.offline_story import chapter_beats, story_plan, world_seed
@@ -106,6 +107,41 @@ GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
 }
 
 
+def _zh_seed(inputs: BaseModel) -> schemas.WorldSeed:
+    assert isinstance(
+        inputs, (schemas.WorldSeedInput, schemas.WorldCastInput, schemas.WorldLinksInput)
+    )
+    return offline_zh.world_seed(
+        schemas.WorldSeedInput(
+            language=inputs.language,
+            premise=inputs.premise,
+            bible=inputs.bible,
+            outline=inputs.outline,
+        )
+    )
+
+
+def _zh(task: Callable[[Any], BaseModel | str]) -> Callable[[BaseModel], BaseModel | str]:
+    return lambda inputs: task(inputs)
+
+
+ZH_GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
+    "story_plan": _zh(offline_zh.story_plan),
+    "world_places": lambda i: schemas.WorldPlaces(
+        locations=_zh_seed(i).locations, items=_zh_seed(i).items
+    ),
+    "world_cast": lambda i: schemas.WorldCast(characters=_zh_seed(i).characters),
+    "world_links": lambda i: schemas.WorldLinks(
+        relationships=_zh_seed(i).relationships, setups=_zh_seed(i).setups
+    ),
+    "chapter_beats": _zh(offline_zh.chapter_beats),
+    "chapter_draft": _zh(offline_zh.chapter_draft),
+    "chapter_claims": _zh(offline_zh.chapter_claims),
+    "chapter_review": _zh(offline_zh.chapter_review),
+}
+"""The same tasks answered in Chinese, for books whose language is ``zh``."""
+
+
 def answer(messages: list[BaseMessage], variant: str | None = None) -> str:
     """The offline model's reply to ``messages``: JSON, prose or a short refusal.
 
@@ -132,8 +168,10 @@ def answer(messages: list[BaseMessage], variant: str | None = None) -> str:
             f"The offline model cannot do task {parsed.task!r}: its input is invalid ({problems})."
         )
     reset = OFFLINE_VARIANT.set(variant)
+    language = getattr(inputs, "language", "en")
+    generators = ZH_GENERATORS if str(language).split("-")[0] == "zh" else GENERATORS
     try:
-        result = GENERATORS[parsed.task](inputs)
+        result = generators.get(parsed.task, GENERATORS[parsed.task])(inputs)
     finally:
         OFFLINE_VARIANT.reset(reset)
     if isinstance(result, BaseModel):

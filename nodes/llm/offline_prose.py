@@ -514,6 +514,15 @@ def chapter_draft(inp: DraftInput) -> str:
         for issue in inp.issues
         if len(issue.quote.strip()) >= 4 and issue.quote.strip().lower() not in protected
     ]
+    # A repeated paragraph is rewritten whole, and earlier chapters' passages are not
+    # written again: the reviewer reports repetition within and across chapters.
+    previous = inp.previous_draft or ""
+    for issue in inp.issues:
+        if "repeats" in issue.problem:
+            paragraph = next((p for p in previous.split("\n\n") if issue.quote in p), "")
+            banned += [s.strip() for s in split_sentences(paragraph) if len(s.strip()) >= 20]
+    for passage in inp.passages:
+        banned += [s.strip() for s in split_sentences(passage.text) if len(s.strip()) >= 20]
     writer = _Writer(inp=inp, kit=kit, rng=rng, banned=banned)
     # First drafts may carry a little filler; revisions are written tighter.
     writer.weak_budget = rng.choice((0, 0, 1, 2)) if inp.revision == 0 else 0

@@ -121,6 +121,32 @@ TASKS: dict[str, TaskSpec] = {
     )
 }
 
+LANGUAGE_NAMES: dict[str, str] = {
+    "zh": "Chinese (simplified characters, 简体中文)",
+    "zh-Hans": "Chinese (simplified characters, 简体中文)",
+    "zh-Hant": "Chinese (traditional characters, 繁體中文)",
+    "ja": "Japanese (日本語)",
+    "ko": "Korean (한국어)",
+    "fr": "French",
+    "de": "German",
+    "es": "Spanish",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "ru": "Russian",
+}
+
+
+def language_line(tag: str) -> str:
+    """The instruction that makes a model write a book in the language ``tag``."""
+    name = LANGUAGE_NAMES.get(tag) or LANGUAGE_NAMES.get(tag.split("-")[0]) or f"the language {tag}"
+    return (
+        f"\n\nThe book is written in {name}. Write all prose and every free-text value in "
+        "that language, and give new characters and places names that belong in it; JSON "
+        "field names, set-up keys, snake_case attribute and relationship names and the "
+        "listed enum values stay exactly as specified."
+    )
+
+
 _TASK_LINE = re.compile(r"^Task: (?P<task>[a-z_]+)\s*$", re.MULTILINE)
 _JSON_BLOCK = re.compile(r"```json\n(?P<body>.*?)\n```", re.DOTALL)
 
@@ -148,6 +174,9 @@ def render_messages(
     """
     spec = TASKS[task]
     system = system_prompt(task)
+    language = getattr(inputs, "language", "en")
+    if isinstance(language, str) and language.split("-")[0] != "en":
+        system += language_line(language)
     if spec.output is not None and show_schema:
         shown = schema if schema is not None else decoding_schema(spec.output)
         system += (

@@ -75,6 +75,11 @@ class NovelCreate(_Request):
     premise: str = Field(min_length=1, max_length=MAX_PREMISE_CHARS)
     chapters: StrictInt = Field(ge=1, le=MAX_CHAPTERS)
     genre: str | None = Field(default=None, max_length=MAX_GENRE_CHARS)
+    language: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$",
+        description="the book's language as a BCP 47 tag (default: the premise's)",
+    )
     title: Title | None = None
     pause_after: list[PausePoint] = Field(
         default_factory=list, description="pause for the author after the outline / chapters"
@@ -466,6 +471,7 @@ async def create_novel(body: NovelCreate, user: CurrentUser, novels: Novels) -> 
         genre=body.genre or None,
         pause_after=tuple(body.pause_after),
         max_revisions=body.max_revisions,
+        language=body.language,
     )
     detail = await novels.create(user.user_id, request, title=body.title)
     return NovelResponse.of_detail(detail)

@@ -37,9 +37,13 @@ def novel_id_of(state: dict[str, Any] | Any) -> str:
     return str(novel_id)
 
 
-def language_of(state: dict[str, Any] | Any) -> str:
-    """The book's language tag (books begun before languages were recorded: English)."""
-    return str(state.get("language") or "en")
+def language_of(state: dict[str, Any] | Any) -> str | None:
+    """The book's language tag for a task input: ``None`` for English (the default of
+    every prompt, and of books begun before languages were recorded)."""
+    language = state.get("language")
+    if not isinstance(language, str) or language.split("-")[0] == "en":
+        return None
+    return language
 
 
 def progress(runtime: Runtime[ScribeContext], agent: str, step: str, **data: Any) -> None:

@@ -91,7 +91,7 @@ async def read_claims(
     beats: ChapterBeats,
     text: str,
     snapshot: WorldSnapshot,
-    language: str = "en",
+    language: str | None = None,
 ) -> ChapterClaims:
     """The reviewer's model's reading of ``text``: what it states that the world can
     confirm or contradict (one ``chapter_claims`` answer). The same reading of the

@@ -61,7 +61,8 @@ class ChapterOutline(_Model):
 class StoryPlanInput(_Model):
     """Director task ``story_plan``."""
 
-    language: Language = "en"
+    language: Language | None = None
+    """The book's language; ``None`` is English (and keeps English prompts as they were)."""
 
     premise: str
     chapters: int
@@ -127,7 +128,8 @@ class SetupSeed(_Model):
 class WorldSeedInput(_Model):
     """Worldsmith task ``world_places``: the premise, bible and outline to build from."""
 
-    language: Language = "en"
+    language: Language | None = None
+    """The book's language; ``None`` is English (and keeps English prompts as they were)."""
 
     premise: str
     bible: StoryBible
@@ -146,7 +148,8 @@ class WorldPlaces(_Model):
 class WorldCastInput(_Model):
     """Worldsmith task ``world_cast``: the characters, placed in the world already built."""
 
-    language: Language = "en"
+    language: Language | None = None
+    """The book's language; ``None`` is English (and keeps English prompts as they were)."""
 
     premise: str
     bible: StoryBible
@@ -164,7 +167,8 @@ class WorldCast(_Model):
 class WorldLinksInput(_Model):
     """Worldsmith task ``world_links``: relationships and set-ups between known names."""
 
-    language: Language = "en"
+    language: Language | None = None
+    """The book's language; ``None`` is English (and keeps English prompts as they were)."""
 
     premise: str
     bible: StoryBible
@@ -259,7 +263,8 @@ class PlannedEvent(_Model):
 class BeatsInput(_Model):
     """Director task ``chapter_beats``."""
 
-    language: Language = "en"
+    language: Language | None = None
+    """The book's language; ``None`` is English (and keeps English prompts as they were)."""
 
     chapter: int
     chapters: int
@@ -309,7 +314,8 @@ class ReviewIssue(_Model):
 class DraftInput(_Model):
     """Writer task ``chapter_draft``; the answer is the chapter's prose (no heading)."""
 
-    language: Language = "en"
+    language: Language | None = None
+    """The book's language; ``None`` is English (and keeps English prompts as they were)."""
 
     chapter: int
     title: str
@@ -346,7 +352,8 @@ class Scores(_Model):
 class ReviewInput(_Model):
     """Reviewer task ``chapter_review``."""
 
-    language: Language = "en"
+    language: Language | None = None
+    """The book's language; ``None`` is English (and keeps English prompts as they were)."""
 
     chapter: int
     beats: ChapterBeats
@@ -554,7 +561,8 @@ class PlantClaim(_Model):
 class ClaimsInput(_Model):
     """Reviewer task ``chapter_claims``: what the draft states."""
 
-    language: Language = "en"
+    language: Language | None = None
+    """The book's language; ``None`` is English (and keeps English prompts as they were)."""
 
     chapter: int
     beats: ChapterBeats

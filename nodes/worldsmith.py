@@ -464,7 +464,7 @@ async def record_chapter_world(
     beats: ChapterBeats,
     text: str,
     claims: ChapterClaims | None = None,
-    language: str = "en",
+    language: str | None = None,
 ) -> RecordedChapter:
     """Redo one chapter's world facts from its text: retract what the chapter recorded
     before, then apply what its claims change, at the chapter.

@@ -168,7 +168,7 @@ def answer(messages: list[BaseMessage], variant: str | None = None) -> str:
             f"The offline model cannot do task {parsed.task!r}: its input is invalid ({problems})."
         )
     reset = OFFLINE_VARIANT.set(variant)
-    language = getattr(inputs, "language", "en")
+    language = getattr(inputs, "language", None) or "en"
     generators = ZH_GENERATORS if str(language).split("-")[0] == "zh" else GENERATORS
     try:
         result = generators.get(parsed.task, GENERATORS[parsed.task])(inputs)

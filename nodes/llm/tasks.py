@@ -174,7 +174,7 @@ def render_messages(
     """
     spec = TASKS[task]
     system = system_prompt(task)
-    language = getattr(inputs, "language", "en")
+    language = getattr(inputs, "language", None)
     if isinstance(language, str) and language.split("-")[0] != "en":
         system += language_line(language)
     if spec.output is not None and show_schema:

@@ -1,6 +1,7 @@
 """Benchmark: planted contradictions, found or missed (prints figures; asserts nothing).
 
     uv run python tests/benchmarks/consistency.py [--gaps 1,5,20] [--json FILE]
+    uv run python tests/benchmarks/consistency.py --mode model [--model qwen15] [--gaps 1]
 
 Builds small novels, each with one planted contradiction or one legitimate look-alike,
 for the eight kinds of :mod:`nodes.integrity` (life, location, name, attribute,
@@ -15,6 +16,11 @@ then use, pay-offs on time.
 Worlds are stored through the real SQL world memory (a temporary SQLite file), so the
 fact model is exercised as in a book. Mode ``rules`` gives the rules perfect claims (what
 the draft states, as the extraction step should report it) and measures the rules alone.
+Mode ``model`` has a real model read the claims from each draft (the reviewer's
+``chapter_claims`` call, constrained to the schema) on a local ``llama-server``
+(``tests/services/llama.py``; ``--llm-url`` for another OpenAI-compatible endpoint), then
+runs the same rules, and reports per kind how often the extraction kept the claim the
+case turns on. A model call that fails counts as a miss (and as no alarm).
 
 Prints recall per kind and gap (a contradiction counts as found when a major finding of
 its kind is reported) and the false-alarm rate (look-alikes with any major finding).
@@ -24,13 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from memory.db import make_engine  # noqa: E402 - the path above makes the repo importable
+from memory.errors import ScribeError  # noqa: E402
 from memory.world.port import (  # noqa: E402
     EntitySpec,
     FactSpec,
@@ -46,10 +54,17 @@ from memory.world.port import (  # noqa: E402
     SetupSpec,
     WorldChanges,
     WorldMemory,
+    WorldSnapshot,
 )
 from memory.world.sql import SqlWorldMemory  # noqa: E402
 from nodes.integrity import CONTRADICTION_KINDS, TIMELINE_KEY, Finding, check_claims  # noqa: E402
-from nodes.schemas import ChapterBeats, ChapterClaims  # noqa: E402
+from nodes.llm.factory import build_gateway  # noqa: E402
+from nodes.llm.gateway import ModelGateway  # noqa: E402
+from nodes.reviewer import CLAIMS_CONSTRAINTS  # noqa: E402
+from nodes.schemas import AGENTS, ChapterBeats, ChapterClaims, ClaimsInput  # noqa: E402
+from nodes.world_view import world_brief  # noqa: E402
+from server.settings import load_settings  # noqa: E402
+from tests.services import llama  # noqa: E402
 
 PLANT_CHAPTER = 1
 """The chapter that records the fact a case turns on."""
@@ -858,6 +873,17 @@ class Outcome:
 
     case: Case
     findings: tuple[Finding, ...]
+    claims: ChapterClaims | None = None
+    """The claims the rules were given (``None``: the model gave no usable answer)."""
+
+    @property
+    def kept(self) -> bool:
+        """Whether the claims kept every part the case's own claims have (a presence, an
+        item, a time marker...), however they worded it."""
+        if self.claims is None:
+            return False
+        wanted = {part for part, items in self.case.draft.claims.items() if items}
+        return all(getattr(self.claims, part) for part in wanted)
 
     @property
     def majors(self) -> list[Finding]:
@@ -892,8 +918,42 @@ async def build_world(world: WorldMemory, novel_id: str, case: Case) -> None:
             raise RuntimeError(f"{case.kind}/{case.variant}: world refused {result.rejected}")
 
 
-async def run_case(world: WorldMemory, case: Case) -> Outcome:
-    """Build the case's world and check its draft."""
+Reader = Callable[[Case, WorldSnapshot, ChapterBeats], Awaitable[ChapterClaims | None]]
+"""How a case's claims are read: perfect (the case's own) or by a model."""
+
+
+async def perfect(case: Case, snapshot: WorldSnapshot, beats: ChapterBeats) -> ChapterClaims:
+    """The case's own claims: what the draft states."""
+    return case.draft.chapter_claims()
+
+
+def model_reader(gateway: ModelGateway) -> Reader:
+    """Claims read from the draft by the gateway's reviewer model, as in a book."""
+
+    async def read(
+        case: Case, snapshot: WorldSnapshot, beats: ChapterBeats
+    ) -> ChapterClaims | None:
+        try:
+            return await gateway.structured(
+                "chapter_claims",
+                ClaimsInput(
+                    chapter=case.chapter,
+                    beats=beats,
+                    draft=case.draft.text(),
+                    world=world_brief(snapshot, focus=["Mara Venn", "the Lighthouse"]),
+                ),
+                ChapterClaims,
+                constraints=CLAIMS_CONSTRAINTS,
+            )
+        except ScribeError as exc:
+            print(f"  {case.kind}/{case.variant} gap {case.gap}: {exc}", file=sys.stderr)
+            return None
+
+    return read
+
+
+async def run_case(world: WorldMemory, case: Case, reader: Reader | None = None) -> Outcome:
+    """Build the case's world, read the draft's claims and check them."""
     novel_id = str(uuid.uuid4())
     await build_world(world, novel_id, case)
     snapshot = await world.world_as_of(novel_id, case.chapter)
@@ -906,24 +966,30 @@ async def run_case(world: WorldMemory, case: Case) -> Outcome:
         beats=[{"summary": "Mara keeps the light."}],
         payoff=case.draft.payoff,
     )
-    findings = check_claims(
-        case.draft.text(), case.draft.chapter_claims(), snapshot, case.chapter, beats
-    )
+    claims = await (reader or perfect)(case, snapshot, beats)
+    if claims is None:
+        return Outcome(case, (), None)
     text = case.draft.text()
+    findings = check_claims(text, claims, snapshot, case.chapter, beats)
     for finding in findings:
         if finding.quote not in text:
             raise RuntimeError(f"{case.kind}/{case.variant}: quote not in draft: {finding}")
-    return Outcome(case, tuple(findings))
+    return Outcome(case, tuple(findings), claims)
 
 
-async def run(gaps: tuple[int, ...]) -> list[Outcome]:
+async def run(gaps: tuple[int, ...], reader: Reader | None = None) -> list[Outcome]:
     """Every case through the SQL world memory on a temporary SQLite file."""
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(f"sqlite+aiosqlite:///{Path(tmp) / 'world.sqlite3'}")
         world = SqlWorldMemory(engine)
         try:
             await world.setup()
-            return [await run_case(world, case) for case in cases(gaps)]
+            outcomes: list[Outcome] = []
+            for case in cases(gaps):
+                outcomes.append(await run_case(world, case, reader))
+                if reader is not None:
+                    print(f"  {len(outcomes)} cases read", file=sys.stderr, flush=True)
+            return outcomes
         finally:
             await world.close()
             await engine.dispose()
@@ -940,7 +1006,9 @@ def report(outcomes: list[Outcome], gaps: tuple[int, ...]) -> dict[str, Any]:
             recall[kind][gap] = (sum(o.found for o in hits), len(hits))
         legit = [o for o in outcomes if o.case.kind == kind and not o.case.contradiction]
         alarms[kind] = (sum(o.false_alarm for o in legit), len(legit))
-    header = "kind        " + "".join(f"  gap {g:<3} " for g in gaps) + "  false alarms"
+    header = (
+        "kind        " + "".join(f"  gap {g:<3} " for g in gaps) + "  false alarms  claims kept"
+    )
     print(header)
     print("-" * len(header))
     for kind in CONTRADICTION_KINDS:
@@ -949,7 +1017,9 @@ def report(outcomes: list[Outcome], gaps: tuple[int, ...]) -> dict[str, Any]:
             for found, total in (recall[kind][g] for g in gaps)
         )
         fa, legit_total = alarms[kind]
-        print(f"{kind:<12}{cells}  {fa}/{legit_total}")
+        mine = [o for o in outcomes if o.case.kind == kind]
+        kept = f"{sum(o.kept for o in mine)}/{len(mine)}"
+        print(f"{kind:<12}{cells}  {fa:>2}/{legit_total:<10} {kept}")
     found = sum(o.found for o in outcomes if o.case.contradiction)
     planted_total = sum(1 for o in outcomes if o.case.contradiction)
     false_alarms = sum(o.false_alarm for o in outcomes)
@@ -974,19 +1044,52 @@ def report(outcomes: list[Outcome], gaps: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
+async def run_model(args: argparse.Namespace, gaps: tuple[int, ...]) -> list[Outcome]:
+    """The cases with claims read by a real model (a local llama-server unless a URL is
+    given)."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        if args.llm_url:
+            url, model = args.llm_url, args.model
+        else:
+            running = llama.start_model(Path(tmp), args.model, context=args.context)
+            stack.callback(running.stop)
+            url, model = running.url, str(running.extra["model"])
+        settings = load_settings(
+            data_dir=Path(tmp) / "data",
+            model=model,
+            base_url=url,
+            api_key="no-key",
+            context_window=args.context,
+            max_tokens=1500,
+            temperature=0.0,
+            model_timeout_s=600.0,
+        )
+        gateway = build_gateway({a: settings.model_for(a) for a in AGENTS}, settings.retry)
+        return await run(gaps, model_reader(gateway))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gaps", default="1,5,20")
+    parser.add_argument("--mode", choices=("rules", "model"), default="rules")
+    parser.add_argument("--gaps", help="default: 1,5,20 (rules), 1 (model)")
+    parser.add_argument("--model", default="qwen15", help="model mode: a model of llama.py")
+    parser.add_argument("--llm-url", help="model mode: an OpenAI-compatible /v1 URL instead")
+    parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    gaps = tuple(int(g) for g in args.gaps.split(","))
+    default_gaps = "1,5,20" if args.mode == "rules" else "1"
+    gaps = tuple(int(g) for g in (args.gaps or default_gaps).split(","))
     started = time.perf_counter()
-    outcomes = asyncio.run(run(gaps))
-    print(
-        f"mode: rules (perfect claims); {len(outcomes)} cases in "
-        f"{time.perf_counter() - started:.1f} s\n"
-    )
+    if args.mode == "rules":
+        outcomes = asyncio.run(run(gaps))
+        label = "rules (perfect claims)"
+    else:
+        outcomes = asyncio.run(run_model(args, gaps))
+        label = f"model (claims read by {args.model})"
+    elapsed = time.perf_counter() - started
+    print(f"mode: {label}; {len(outcomes)} cases in {elapsed:.1f} s\n")
     figures = report(outcomes, gaps)
+    figures["mode"] = args.mode
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 

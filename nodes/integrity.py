@@ -44,6 +44,7 @@ from typing import Literal, get_args
 
 from memory.text import SENTENCE_ENDS, is_cjk, text_length, text_units
 from memory.world.port import Entity, Setup, WorldSnapshot
+from nodes import world_view
 from nodes.common import slugify
 from nodes.consistency import (
     DEAD_STATUSES,
@@ -88,7 +89,7 @@ CONTRADICTION_KINDS: tuple[str, ...] = FINDING_KINDS[:8]
 
 Severity = Literal["major", "minor"]
 
-TIMELINE_KEY = "story-time"
+TIMELINE_KEY = world_view.TIMELINE_KEY
 """The world entity whose ``day`` attribute is the story's present, in days."""
 DAY = "day"
 BORN_DAY = "born_day"

@@ -215,11 +215,13 @@ class CharacterBrief(_Model):
 
 
 class PlaceBrief(_Model):
-    """A location (or faction, item, rule) as the world stands at a chapter."""
+    """A location (or faction, item, rule, event, secret) as the world stands at a chapter."""
 
     name: str
     kind: str
     description: str = ""
+    held_by: str | None = None
+    """For an item: who holds it now."""
 
 
 class SetupBrief(_Model):
@@ -235,6 +237,8 @@ class WorldBrief(_Model):
     """The world at a chapter, condensed for a prompt."""
 
     chapter: int
+    day: int | None = None
+    """The story's present day, when the world keeps a timeline."""
     characters: list[CharacterBrief] = Field(default_factory=list)
     places: list[PlaceBrief] = Field(default_factory=list)
     open_setups: list[SetupBrief] = Field(default_factory=list)

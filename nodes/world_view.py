@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from memory.world.port import WorldMemory, WorldSnapshot
 from nodes.common import slugify
 from nodes.schemas import CharacterBrief, PlaceBrief, SetupBrief, WorldBrief
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+TIMELINE_KEY = "story-time"
+"""The world entity whose ``day`` attribute is the story's present (see nodes/integrity.py)."""
 
 # Prompts stay bounded however large the world grows.
 MAX_CHARACTERS = 40
@@ -25,10 +30,22 @@ def world_brief(
     characters: list[CharacterBrief] = []
     places: list[PlaceBrief] = []
     ordered = sorted(snapshot.entities, key=lambda e: (e.key not in wanted, e.introduced_chapter))
+    holders = {
+        f.subject: names.get(f.object, f.object)
+        for f in snapshot.facts
+        if f.predicate == "held_by" and f.object is not None
+    }
     for entity in ordered:
+        if entity.key == TIMELINE_KEY:
+            continue
         if entity.kind != "character":
             places.append(
-                PlaceBrief(name=entity.name, kind=entity.kind, description=entity.description)
+                PlaceBrief(
+                    name=entity.name,
+                    kind=entity.kind,
+                    description=entity.description,
+                    held_by=holders.get(entity.key),
+                )
             )
             continue
         attributes = snapshot.attributes(entity.key)
@@ -63,8 +80,10 @@ def world_brief(
         )
         for s in snapshot.open_setups()
     ]
+    day = snapshot.attributes(TIMELINE_KEY).get("day")
     return WorldBrief(
         chapter=snapshot.chapter,
+        day=int(float(day)) if day and _NUMBER.fullmatch(day) else None,
         characters=characters[:MAX_CHARACTERS],
         places=places[:MAX_PLACES],
         open_setups=setups,

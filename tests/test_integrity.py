@@ -28,6 +28,7 @@ from nodes.integrity import (
     values_conflict,
 )
 from nodes.schemas import ChapterClaims
+from nodes.world_view import world_brief
 from nodes.worldsmith import claims_to_world
 from tests.benchmarks import consistency
 
@@ -204,6 +205,12 @@ async def test_claims_of_an_accepted_chapter_are_recorded_in_the_world(
     secrets = [e for e in after.entities if e.kind == "secret"]
     assert {s.key for s in secrets} >= {"the-heir", "the-bell-hides-a-second-key"}
     assert [s.key for s in after.setups if s.planted_chapter == 2] == ["second-key"]
+    # The writer's brief of the next chapter says who holds what and what day it is.
+    brief = world_brief(after)
+    assert brief.day == consistency.day_of(0) + 2
+    key = next(p for p in brief.places if p.name == "the Brass Key")
+    assert key.held_by == "Tobin Hale"
+    assert "Story time" not in {p.name for p in brief.places}
     # The next chapter is checked against what this one recorded.
     nxt = "Tobin turned the Brass Key. Oren laughed. Wren's grey eyes narrowed."
     later = ChapterClaims.model_validate(

@@ -14,6 +14,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from memory.errors import StorageError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_LOCK_KEY = 0x5C81BE_0001
 """Postgres advisory lock key held while migrating (any fixed 64-bit number of our own)."""
@@ -78,7 +80,10 @@ async def _migrating(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
                 if sqlite and await conn.run_sync(_revision) != before:
                     broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
                     if broken:
-                        raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+                        raise StorageError(
+                            "a migration left rows referring to missing rows; nothing was changed",
+                            rows=[list(row) for row in broken[:5]],
+                        )
         finally:
             if sqlite:
                 try:

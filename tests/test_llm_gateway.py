@@ -38,6 +38,7 @@ from memory.errors import (
 from nodes.llm.answers import (
     LoopGuard,
     echo_start,
+    fresh_part,
     loop_start,
     strip_wrapping,
     unlooped,
@@ -1034,6 +1035,46 @@ async def test_continuation_is_cut_where_it_goes_back_over_its_text(server: Fake
     assert [r.get("frequency_penalty") for r in server.requests] == [None, None, 0.4]
 
 
+async def test_a_continuation_that_restates_its_text_keeps_what_it_adds(
+    server: FakeOpenAI,
+) -> None:
+    opening, new = distinct_prose(30), distinct_prose(90, start=100)
+    # Small models open a continuation by retelling the text so far, then go on.
+    server.script(Reply(text=opening), Reply(text=f"{opening} {new}"))
+
+    answer = await gateway(server, SleepRecorder()).prose(
+        "chapter_draft", draft_input(), target_words=160
+    )
+
+    assert answer == f"{opening}\n\n{new}"
+    assert fresh_part(opening, f"{opening} {new}") == new
+    assert fresh_part(opening, opening) == ""
+
+
+async def test_refusals_and_a_stub_that_only_repeats_end_in_a_fresh_draft(
+    server: FakeOpenAI,
+) -> None:
+    refusal = "I'm sorry, but I can't assist with that request."
+    stub, story = distinct_prose(20), distinct_prose(150, start=300)
+    server.script(
+        Reply(text=refusal),
+        Reply(text=refusal),
+        Reply(text=stub),  # far too short: continued
+        Reply(text=stub),  # the continuation only repeats it: start afresh
+        Reply(text=story),
+    )
+
+    answer = await gateway(server, SleepRecorder()).prose(
+        "chapter_draft", draft_input(), target_words=200
+    )
+
+    assert answer == story
+    assert len(server.requests) == 5
+    # The fresh draft is asked without the stub, with another seed.
+    assert all(m["content"] != stub for m in server.messages(4))
+    assert server.requests[4]["seed"] != server.requests[3].get("seed")
+
+
 async def test_prose_length_is_held_to_the_target(server: FakeOpenAI) -> None:
     gw = gateway(server, SleepRecorder())
     server.script(Reply(text=distinct_prose(400)))
@@ -1049,10 +1090,12 @@ async def test_prose_length_is_held_to_the_target(server: FakeOpenAI) -> None:
     )
     assert "It has 30 words of about 100" in server.messages(-1)[-1]["content"]
 
-    # Continuations that add nothing: three failed attempts, and too little to keep.
-    server.script(*(Reply(text=distinct_prose(10)) for _ in range(4)))
+    # Continuations that add nothing (each stub is dropped and asked for afresh): three
+    # failed attempts within the six requests allowed, and too little to keep.
+    server.script(*(Reply(text=distinct_prose(10)) for _ in range(6)))
     with pytest.raises(ModelOutputError, match="gave no usable chapter_draft answer"):
         await gw.prose("chapter_draft", draft_input(), target_words=100)
+    assert len(server.requests) == 6 + 3
 
 
 async def test_prose_cut_off_at_the_limit_loses_its_unfinished_sentence(

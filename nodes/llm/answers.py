@@ -180,6 +180,47 @@ def echo_start(earlier: str, text: str, policy: LoopPolicy = DEFAULT_LOOP_POLICY
     return _first_echo(_fingerprint(earlier, policy), text, policy)
 
 
+RESTATED_SHARE = 0.5
+"""A sentence whose four-word runs are at least this share from the text it continues
+restates it (reworded a little, as small models do) rather than adding to it."""
+
+
+def _quads(text: str) -> list[tuple[str, ...]]:
+    words = [_NORMALISE.sub("", m.group(0)).lower() for m in _WORD.finditer(text)]
+    words = [w for w in words if w]
+    return [tuple(words[i : i + 4]) for i in range(len(words) - 3)] or [tuple(words)]
+
+
+def restated_end(known: set[tuple[str, ...]], text: str) -> int:
+    """Where the sentences at the start of ``text`` that restate a text (whose four-word
+    runs are ``known``) end: the offset of its first new sentence, ``len(text)`` when
+    every sentence so far restates it."""
+    position = 0
+    for piece in _SENTENCE_END.split(text):
+        offset = text.find(piece, position)
+        position = offset + len(piece) if offset >= 0 else position
+        if not piece.strip():
+            continue
+        quads = _quads(piece)
+        if sum(1 for q in quads if q in known) < RESTATED_SHARE * len(quads):
+            return offset
+    return len(text)
+
+
+def fresh_part(earlier: str, text: str, policy: LoopPolicy = DEFAULT_LOOP_POLICY) -> str:
+    """What ``text``, written to continue ``earlier``, adds to it.
+
+    A continuation often opens by restating what it continues, then goes on: sentences
+    at its start that restate ``earlier`` (half of their four-word runs occur there) are
+    skipped, and from the first new sentence the text is kept up to its next repeat of
+    ``earlier`` (see :func:`echo_start`), in complete sentences. Empty when nothing in
+    ``text`` is new.
+    """
+    rest = text[restated_end(set(_quads(earlier)), text) :]
+    echo = echo_start(earlier, rest, policy)
+    return complete_sentences(rest if echo is None else rest[:echo])
+
+
 def unlooped(value: Any) -> Any:
     """A parsed JSON answer with repetition loops cut out of its strings (a string that
     loops keeps its sentences before the loop) and exact repeats dropped from lists (of
@@ -273,6 +314,7 @@ class LoopGuard:
         # prefix does not change, so it is fingerprinted once, not on every check.
         self._prefix = f"{prefix.rstrip()}\n\n" if prefix.strip() else ""
         self._seen = _fingerprint(self._prefix, policy) if self._prefix else None
+        self._known = set(_quads(self._prefix)) if self._prefix else set()
 
     def looping(self, text: str, *, final: bool = False) -> bool:
         """Whether ``text`` (everything streamed so far) loops, or repeats the prefix it
@@ -280,8 +322,15 @@ class LoopGuard:
         if not final and len(text) - self._checked < self._every:
             return False
         self._checked = len(text)
-        if self._seen is not None and _first_echo(self._seen, text, self._policy) is not None:
-            return True
+        if self._seen is not None:
+            # A continuation may retell its text before going on (the gateway keeps what
+            # it adds), but not for longer than the text itself, and not after new text.
+            start = restated_end(self._known, text)
+            if start >= len(text) and len(text) > len(self._prefix):
+                return True
+            if _first_echo(self._seen, text[start:], self._policy) is not None:
+                return True
+            return loop_start(self._prefix + text[start:], self._policy) is not None
         return loop_start(self._prefix + text, self._policy) is not None
 
 

@@ -59,6 +59,7 @@ from nodes.llm.answers import (
     complete_sentences,
     cut_at_paragraph,
     echo_start,
+    fresh_part,
     is_refusal,
     loop_start,
     strip_wrapping,
@@ -414,14 +415,17 @@ class ModelGateway:
                 reask = "empty" if not piece else "refusal"
                 note = _REFUSAL_NOTE if piece else None
                 problems.append("empty answer" if not piece else f"refusal: {piece[:120]!r}")
+                # Small models refuse fiction at random; the first refusal is asked again
+                # (with a note and another seed) without counting as a failed attempt.
+                if reask == "empty" or "refusal" in causes:
+                    failures += 1
                 causes.append(reask)
-                failures += 1
                 continue
             echo = echo_start(kept, piece) if kept else None
             if echo is not None:
-                # It went back over the text it continues: keep only what came before.
-                piece = complete_sentences(piece[:echo])
-                problems.append(f"repeated the text it continued after {word_count(piece)} words")
+                # It went back over the text it continues: keep what it adds, if anything.
+                piece = fresh_part(kept, piece)
+                problems.append(f"repeated the text it continued ({word_count(piece)} new words)")
             text = _joined(kept, piece)
             start = loop_start(text)
             looped = answer.looped or start is not None or echo is not None
@@ -445,6 +449,11 @@ class ModelGateway:
                 problems.append(f"{words} words for a target of {target_words}")
             if words - word_count(kept) < min_gain:
                 failures += 1
+                if echo is not None and words < (target_words or 0) * MIN_SHORT_RATIO:
+                    # A stub the model can only restate is no base to continue from: the
+                    # next request starts afresh (another seed).
+                    kept, text = "", ""
+                    words = 0
             if words > word_count(kept):
                 kept = text
             reask = "loop" if looped else "too_short"

@@ -47,11 +47,23 @@ def renumbered(plan: StoryPlan, chapters: int) -> StoryPlan:
     return plan.model_copy(update={"outline": outline})
 
 
+BEATS_PER_CHAPTER = 6
+"""The most beats (and planned events) a chapter's plan asks for."""
+
+
 def beats_constraints(
     chapter: int, names: list[str], setups: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """Schema narrowing: this chapter's number, living characters only, known set-ups."""
-    narrowed: dict[str, dict[str, Any]] = {"chapter": {"enum": [chapter]}}
+    """Schema narrowing: this chapter's number, living characters only, known set-ups,
+    and a plan one chapter can hold (a small model rambles through twelve beats of six
+    hundred characters until its token limit cuts the answer off)."""
+    narrowed: dict[str, dict[str, Any]] = {
+        "chapter": {"enum": [chapter]},
+        "title": {"maxLength": 100},
+        "beats": {"minItems": 1, "maxItems": BEATS_PER_CHAPTER},
+        "beats[].summary": {"maxLength": 300},
+        "events": {"maxItems": BEATS_PER_CHAPTER},
+    }
     if names:
         narrowed["pov"] = {"enum": names}
         narrowed["characters[]"] = {"enum": names}

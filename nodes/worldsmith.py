@@ -226,8 +226,14 @@ def seed_to_changes(seed: WorldSeed) -> WorldChanges:
     ):
         for item in items:
             add(kind, item)  # type: ignore[arg-type]
+    taken = {e.key for e in entities}
     for character in seed.characters:
         key = slugify(character.name)
+        if key in taken:
+            # A small model may give a character the name of a place; the character
+            # still needs an entity of its own.
+            key = f"{key}-character"
+        taken.add(key)
         keys[character.name.lower()] = key
         keys.update({a.lower(): key for a in character.aliases})
         mutable = {"status": "alive", **character.mutable}

@@ -43,6 +43,7 @@ MAX_TOKENS = 500
 """A 135M model rambles inside JSON strings until its limit; a low one keeps each call
 short (the gateway keeps the complete part of a cut-off answer)."""
 OFFLINE_MARKERS = ("Offline", "offline model")
+MODEL_SEED = 1000
 
 
 def context_window(llm: Running) -> int:
@@ -63,6 +64,8 @@ def model_env(llm: Running) -> dict[str, str]:
         "SCRIBE_MAX_REVISIONS": "0",
         "SCRIBE_MODEL_TIMEOUT_S": "300",
         "SCRIBE_WRITER__EXTRA_BODY": json.dumps(WRITER_EXTRA_BODY),
+        # Seeded sampling: the same code meets the same answers on every run.
+        "SCRIBE_MODEL_SEED": str(MODEL_SEED),
     }
 
 
@@ -79,6 +82,7 @@ def settings_for(data: Path, llm: Running) -> Settings:
         words_per_chapter=WORDS,
         max_revisions=0,
         model_timeout_s=300.0,
+        model_seed=MODEL_SEED,
         writer={"extra_body": WRITER_EXTRA_BODY},
     )
 

@@ -22,6 +22,7 @@ from ebooklib import epub
 
 from memory.app.port import ChapterRecord
 from memory.errors import InvalidInput, StorageError
+from memory.text import is_cjk
 
 EPUB_MIMETYPE = b"application/epub+zip"
 _CONTAINER_NS = "urn:oasis:names:tc:opendocument:xmlns:container"
@@ -62,13 +63,21 @@ def _ordered(chapters: Sequence[ChapterRecord]) -> list[ChapterRecord]:
 
 
 def chapter_heading(chapter: ChapterRecord) -> str:
-    """``Chapter 3: The Storm``; a title that already names the chapter is used as is."""
+    """``Chapter 3: The Storm`` (``第3章 夜雾`` in a chapter written in Chinese or
+    Japanese); a title that already names the chapter is used as is."""
     title = chapter.title.strip()
+    if is_cjk(chapter.text) and not _HANGUL.search(chapter.text[:200]):
+        if title.startswith("第"):
+            return title
+        return f"第{chapter.number}章 {title}".rstrip()
     if not title:
         return f"Chapter {chapter.number}"
     if title.lower().startswith("chapter"):
         return title
     return f"Chapter {chapter.number}: {title}"
+
+
+_HANGUL = re.compile(r"[\uac00-\ud7af]")
 
 
 def _paragraphs(text: str) -> list[str]:

@@ -72,6 +72,7 @@ def test_a_chinese_book_is_written_checked_and_recorded_offline(
     session = out.splitlines()[0]
     text = book.read_text(encoding="utf-8")
     assert text.count("\n## ") == 2 and is_cjk(text)
+    assert "\n## 第1章 " in text and "\n## 第2章 " in text
 
     with sqlite3.connect(data / "scribe.db") as db:
         rows = db.execute(

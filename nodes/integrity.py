@@ -601,18 +601,21 @@ class _Rules:
         for form, key in self.world.forms.items():
             if self.world.entities[key].kind != "character" or len(form.split()) != len(words):
                 continue
-            if cjk and len(form) < 3:
-                continue
+            if cjk and len(form.replace(" ", "")) < 3:
+                continue  # two-character names differ by one character all the time
             distance = damerau_levenshtein(wanted, form)
             if 0 < distance <= near_miss_threshold(form) and (best is None or distance < best[0]):
                 best = (distance, key, form)
-        if best is not None:
+        # Chinese siblings' names often differ in one character: a name the claims
+        # declare new is a new person there.
+        if best is not None and not (cjk and declared_new):
             distance = best[0]
             letters = "letter" if distance == 1 else "letters"
             return best[1], self._display_form(best[1], best[2]), f"is {distance} {letters} from"
-        if declared_new or len(words) < 2:
+        if declared_new or len(words) < 2 or cjk:
             return None
-        # A known first name with another surname: the same person, renamed by mistake.
+        # A known first name with another surname: the same person, renamed by mistake
+        # (not for CJK names, which put the family name first and share it in families).
         for form, key in self.world.forms.items():
             entity = self.world.entities[key]
             parts = form.split()

@@ -283,3 +283,12 @@ async def test_name_drift_and_world_facts_need_no_english(world: SqlWorldMemory)
     found = check_claims(draft, claims, await world.world_as_of(NOVEL, 1), 1)
     assert {f.kind for f in found} == {"name", "attribute"}
     assert all(f.severity == "major" and f.quote in draft for f in found)
+    # A sister introduced as new, one character from her sibling's name, is no drift.
+    sister = ChapterClaims.model_validate(
+        {
+            "summary": "林晓星来了。",
+            "present": [{"character": "林晓星", "quote": "林晓星来了。"}],
+            "new_entities": [{"name": "林晓星", "kind": "character"}],
+        }
+    )
+    assert check_claims("林晓星来了。", sister, await world.world_as_of(NOVEL, 1), 1) == []

@@ -856,11 +856,17 @@ KINDS: dict[str, Callable[[], Iterator[tuple[str, bool, Variant]]]] = {
 }
 
 
-def cases(gaps: tuple[int, ...]) -> list[Case]:
-    """Every planted case at every gap."""
+def cases(gaps: tuple[int, ...], per_kind: int | None = None) -> list[Case]:
+    """Every planted case at every gap; with ``per_kind``, the first that many
+    contradictions and as many look-alikes of each kind (a sample for slow models)."""
     out: list[Case] = []
     for kind, variants in KINDS.items():
-        for variant, contradiction, build in variants():
+        chosen = list(variants())
+        if per_kind is not None:
+            chosen = [v for v in chosen if v[1]][:per_kind] + [v for v in chosen if not v[1]][
+                :per_kind
+            ]
+        for variant, contradiction, build in chosen:
             for gap in gaps:
                 planted, draft = build(gap)
                 out.append(Case(kind, variant, contradiction, gap, planted, draft))
@@ -977,7 +983,9 @@ async def run_case(world: WorldMemory, case: Case, reader: Reader | None = None)
     return Outcome(case, tuple(findings), claims)
 
 
-async def run(gaps: tuple[int, ...], reader: Reader | None = None) -> list[Outcome]:
+async def run(
+    gaps: tuple[int, ...], reader: Reader | None = None, per_kind: int | None = None
+) -> list[Outcome]:
     """Every case through the SQL world memory on a temporary SQLite file."""
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(f"sqlite+aiosqlite:///{Path(tmp) / 'world.sqlite3'}")
@@ -985,7 +993,7 @@ async def run(gaps: tuple[int, ...], reader: Reader | None = None) -> list[Outco
         try:
             await world.setup()
             outcomes: list[Outcome] = []
-            for case in cases(gaps):
+            for case in cases(gaps, per_kind):
                 outcomes.append(await run_case(world, case, reader))
                 if reader is not None:
                     print(f"  {len(outcomes)} cases read", file=sys.stderr, flush=True)
@@ -1065,7 +1073,7 @@ async def run_model(args: argparse.Namespace, gaps: tuple[int, ...]) -> list[Out
             model_timeout_s=600.0,
         )
         gateway = build_gateway({a: settings.model_for(a) for a in AGENTS}, settings.retry)
-        return await run(gaps, model_reader(gateway))
+        return await run(gaps, model_reader(gateway), args.per_kind)
 
 
 def main() -> None:
@@ -1075,13 +1083,18 @@ def main() -> None:
     parser.add_argument("--model", default="qwen15", help="model mode: a model of llama.py")
     parser.add_argument("--llm-url", help="model mode: an OpenAI-compatible /v1 URL instead")
     parser.add_argument("--context", type=int, default=8192)
+    parser.add_argument(
+        "--per-kind",
+        type=int,
+        help="only the first N contradictions and N look-alikes of each kind",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     default_gaps = "1,5,20" if args.mode == "rules" else "1"
     gaps = tuple(int(g) for g in (args.gaps or default_gaps).split(","))
     started = time.perf_counter()
     if args.mode == "rules":
-        outcomes = asyncio.run(run(gaps))
+        outcomes = asyncio.run(run(gaps, per_kind=args.per_kind))
         label = "rules (perfect claims)"
     else:
         outcomes = asyncio.run(run_model(args, gaps))

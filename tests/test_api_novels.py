@@ -23,6 +23,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from memory.retrieval.chunking import split_passages
+from memory.text import is_cjk, text_length
 from nodes.common import stable_id
 from server.export import validate_epub
 from server.services import AppServices
@@ -519,6 +520,19 @@ async def test_edit_accepted_chapter_reindexes_and_recomputes_world(api: Api) ->
     assert relation in [f for f in restored if f["source_chapter"] == 1]
 
 
+async def test_a_novel_in_another_language(api: Api) -> None:
+    auth = await user(api, "zh-writer")
+    # An English premise, a Chinese book: the language asked for wins over the script.
+    novel_id = await written(api, auth, language="zh")
+    base = f"{API}/{novel_id}"
+    chapter = await get_json(api, auth, f"{base}/chapters/1")
+    assert is_cjk(chapter["text"]) and chapter["word_count"] == text_length(chapter["text"])
+    assert all(f["quote"] in chapter["text"] for f in chapter["findings"])
+    world = await get_json(api, auth, f"{base}/world?chapter=0")
+    people = [e["name"] for e in world["entities"] if e["kind"] == "character"]
+    assert people and all(is_cjk(name) for name in people)
+
+
 # --- world and export -----------------------------------------------------------------
 
 
@@ -618,6 +632,7 @@ async def creator(api: Api) -> dict[str, str]:
         ({"premise": PREMISE, "chapters": 2, "title": ""}, ("title", "at least 1")),
         ({"premise": PREMISE, "chapters": 2, "pause_after": ["middle"]}, ("pause_after.0",)),
         ({"premise": PREMISE, "chapters": 2, "max_revisions": -1}, ("max_revisions",)),
+        ({"premise": PREMISE, "chapters": 2, "language": "Chinese!"}, ("language",)),
         ({"premise": PREMISE, "chapters": 2, "colour": "red"}, ("colour", "not permitted")),
     ],
 )

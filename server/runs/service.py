@@ -20,6 +20,7 @@ from langgraph.errors import InvalidUpdateError
 from langgraph.types import StateSnapshot
 
 from graphs.novel import GRAPH_ID
+from graphs.state import NovelInput
 from memory.errors import Conflict, InvalidInput, NotFound
 from memory.traces.port import ReplaySpec, TracedRun
 from nodes.session import validate_request
@@ -49,7 +50,8 @@ from server.tracing import live_from_step, replay_agents
 
 ASSISTANT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, GRAPH_ID))
 """The one assistant's id: LangGraph Server's id for a graph's system assistant."""
-INPUT_KEYS = frozenset({"premise", "chapters", "genre", "pause_after", "max_revisions"})
+INPUT_KEYS: frozenset[str] = NovelInput.__required_keys__ | NovelInput.__optional_keys__
+"""Every key the novel graph's input may have (one source: graphs.state.NovelInput)."""
 CONTROL_EVENTS = frozenset({"metadata", "error", END})
 END_GRACE_S = 1.0
 """How long a stream waits for a finished run's own ``end`` before making one up."""
@@ -420,6 +422,7 @@ class RunService:
                 value.get("chapters"),
                 value.get("genre"),
                 value.get("pause_after") or (),
+                value.get("language"),
             )
 
     async def create_run(self, owner_id: str, thread_id: str, request: RunRequest) -> RunRecord:

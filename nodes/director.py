@@ -7,15 +7,18 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graphs.state import NovelState
+from memory.errors import ModelOutputError
 from nodes.common import language_of, novel_id_of, progress
 from nodes.context import ScribeContext
 from nodes.schemas import (
+    Beat,
     BeatsInput,
     ChapterBeats,
     ChapterOutline,
     StoryBible,
     StoryPlan,
     StoryPlanInput,
+    WorldBrief,
 )
 from nodes.world_view import world_brief
 
@@ -158,7 +161,35 @@ async def director_beats(state: NovelState, runtime: Runtime[ScribeContext]) -> 
         living.update(alias.lower() for alias in character.aliases)
         names.extend([character.name, *character.aliases])
     setups = {s.key for s in brief.open_setups}
-    beats = await ctx.models.structured(
+    try:
+        beats = await _planned_beats(ctx, state, chapter, outline, brief, living, names, setups)
+    except ModelOutputError as exc:
+        # The outline already says what the chapter is about: a plan made from it keeps
+        # the book going when the model cannot give one (its failed answers are traced).
+        beats = outline_beats(chapter, outline[chapter - 1], brief)
+        progress(runtime, "director", "beats_from_outline", chapter=chapter, error=exc.message)
+    return {
+        "beats": beats.model_dump(),
+        "draft_id": None,
+        "drafts": 0,
+        "revision": 0,
+        "verdict": None,
+        "notes": None,
+        "chapter_gate": None,
+    }
+
+
+async def _planned_beats(
+    ctx: ScribeContext,
+    state: NovelState,
+    chapter: int,
+    outline: list[ChapterOutline],
+    brief: WorldBrief,
+    living: set[str],
+    names: list[str],
+    setups: set[str],
+) -> ChapterBeats:
+    return await ctx.models.structured(
         "chapter_beats",
         BeatsInput(
             language=language_of(state),
@@ -175,12 +206,24 @@ async def director_beats(state: NovelState, runtime: Runtime[ScribeContext]) -> 
         constraints=beats_constraints(chapter, names, sorted(setups)),
         salvage=lambda b: mended_beats(b, chapter, living, setups),
     )
-    return {
-        "beats": beats.model_dump(),
-        "draft_id": None,
-        "drafts": 0,
-        "revision": 0,
-        "verdict": None,
-        "notes": None,
-        "chapter_gate": None,
-    }
+
+
+def outline_beats(chapter: int, entry: ChapterOutline, brief: WorldBrief) -> ChapterBeats:
+    """A plan made from the chapter's outline entry alone: the first living character
+    where the world puts them, one beat (the entry's summary), and the set-ups the world
+    plans for this chapter."""
+    character = brief.characters[0] if brief.characters else None
+    pov = character.name if character else "the narrator"
+    location = (character.location if character else None) or (
+        brief.places[0].name if brief.places else "where the story stands"
+    )
+    return ChapterBeats(
+        chapter=chapter,
+        title=entry.title[:100],
+        pov=pov[:80],
+        location=location[:80],
+        characters=[pov[:80]],
+        beats=[Beat(summary=entry.summary[:600], characters=[pov[:80]], location=location[:80])],
+        plant=[s.key for s in brief.open_setups if s.plant_chapter == chapter][:12],
+        payoff=[s.key for s in brief.open_setups if s.payoff_chapter == chapter][:12],
+    )

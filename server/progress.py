@@ -12,6 +12,7 @@ _LABELS = {
     "seeding": "building the world",
     "seeded": "world built",
     "beats": "planning beats",
+    "beats_from_outline": "planned from the outline (the model gave no usable plan)",
     "drafting": "drafting",
     "drafted": "draft written",
     "reviewing": "reviewing",

@@ -12,10 +12,18 @@ from graphs.state import NovelState
 from memory.errors import InvalidInput
 from nodes.commit import commit_chapter
 from nodes.context import ScribeContext
-from nodes.director import director_beats, director_plan, outline_problems
+from nodes.director import director_beats, director_plan, outline_beats, outline_problems
 from nodes.human import chapter_gate, next_chapter, outline_gate
 from nodes.reviewer import reviewer
-from nodes.schemas import ChapterOutline, StoryBible, StoryPlan
+from nodes.schemas import (
+    ChapterOutline,
+    CharacterBrief,
+    PlaceBrief,
+    SetupBrief,
+    StoryBible,
+    StoryPlan,
+    WorldBrief,
+)
 from nodes.session import finish, intake
 from nodes.worldsmith import worldsmith_seed, worldsmith_update
 from nodes.writer import writer
@@ -213,3 +221,31 @@ def test_the_seed_is_held_to_the_book_s_size_and_names() -> None:
     setups = links["properties"]["setups"]
     assert setups["maxItems"] == 3
     assert setups["items"]["properties"]["payoff_chapter"]["maximum"] == 3
+
+
+def test_a_plan_made_from_the_outline_when_the_model_gives_none() -> None:
+    brief = WorldBrief(
+        chapter=2,
+        characters=[CharacterBrief(name="Ada Quill", location="Saltmere")],
+        places=[PlaceBrief(name="Saltmere", kind="location")],
+        open_setups=[
+            SetupBrief(
+                key="brass-key",
+                description="The key opens the door.",
+                plant_chapter=1,
+                payoff_chapter=2,
+            )
+        ],
+    )
+    entry = ChapterOutline(number=2, title="The Door", summary="Ada opens the sea door.")
+    beats = outline_beats(2, entry, brief)
+    assert (beats.chapter, beats.title, beats.pov, beats.location) == (
+        2,
+        "The Door",
+        "Ada Quill",
+        "Saltmere",
+    )
+    assert [b.summary for b in beats.beats] == ["Ada opens the sea door."]
+    assert beats.payoff == ["brass-key"] and beats.plant == []
+    empty = outline_beats(1, entry, WorldBrief(chapter=1))
+    assert empty.pov == "the narrator" and empty.characters == ["the narrator"]

@@ -226,8 +226,7 @@ async def test_a_run_records_each_call_at_its_place(backends: Backends) -> None:
         "worldsmith_seed",
         "director_beats",
         "writer",
-        "reviewer",
-        "worldsmith_update",
+        "reviewer",  # its claims serve worldsmith_update, which makes no call
     }
     assert {c.chapter for c in calls if c.node == "writer"} == {1, 2}
     # the writer's recorded answers are the stored drafts

@@ -15,7 +15,7 @@ from nodes.consistency import with_findings
 from nodes.context import ScribeContext
 from nodes.integrity import draft_findings
 from nodes.schemas import ChapterBeats, ChapterClaims, ClaimsInput, ReviewInput, Verdict
-from nodes.world_view import world_brief
+from nodes.world_view import chapter_brief
 
 REVIEW_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "issues": {"maxItems": 8},
@@ -103,7 +103,7 @@ async def read_claims(
             chapter=chapter,
             beats=beats,
             draft=text,
-            world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
+            world=chapter_brief(snapshot, beats),
         ),
         ChapterClaims,
         constraints=CLAIMS_CONSTRAINTS,
@@ -150,7 +150,7 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
             chapter=chapter,
             beats=beats,
             draft=draft,
-            world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
+            world=chapter_brief(snapshot, beats),
             revision=revision,
             findings=findings,
         ),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from memory.world.port import WorldMemory, WorldSnapshot
+from memory.world.port import WorldSnapshot
 from nodes.common import slugify
-from nodes.schemas import CharacterBrief, PlaceBrief, SetupBrief, WorldBrief
+from nodes.schemas import ChapterBeats, CharacterBrief, PlaceBrief, SetupBrief, WorldBrief
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 TIMELINE_KEY = "story-time"
@@ -90,7 +90,7 @@ def world_brief(
     )
 
 
-async def resolve_key(world: WorldMemory, novel_id: str, name: str) -> str:
-    """The key of the entity called ``name`` (name, alias or key), else its slug."""
-    found = await world.lookup(novel_id, name)
-    return found.key if found else slugify(name)
+def chapter_brief(snapshot: WorldSnapshot, beats: ChapterBeats) -> WorldBrief:
+    """The brief of a chapter's prompts: the world with the chapter's point-of-view
+    character, place and cast first."""
+    return world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters])

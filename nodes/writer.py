@@ -11,7 +11,7 @@ from nodes.common import language_of, novel_id_of, progress, stable_id
 from nodes.context import ScribeContext
 from nodes.llm.answers import word_count
 from nodes.schemas import ChapterBeats, DraftInput, RetrievedPassage, ReviewIssue, StoryBible
-from nodes.world_view import world_brief
+from nodes.world_view import chapter_brief
 
 
 def retrieval_query(beats: ChapterBeats) -> str:
@@ -68,7 +68,7 @@ async def writer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str
             title=beats.title,
             bible=StoryBible(**state["bible"]),
             beats=beats,
-            world=world_brief(snapshot, focus=[beats.pov, beats.location, *beats.characters]),
+            world=chapter_brief(snapshot, beats),
             passages=[
                 RetrievedPassage(chapter=h.passage.chapter, text=h.passage.text) for h in hits
             ],

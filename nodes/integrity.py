@@ -33,17 +33,23 @@ Besides, ``repetition`` (a passage repeated within the chapter or from an earlie
 
 Story time is counted in days on one scale: the world's ``story-time`` entity carries
 the current ``day``, events carry a fixed ``day``, characters a fixed ``born_day``.
+
+An author may accept a contradiction as deliberate (a character thought dead returns, eyes
+that change). A finding carries the world facts that make the draft's version the truth
+from its chapter (:attr:`Finding.change`); accepting it records them
+(:func:`accepted_changes`), so later chapters are checked against the new facts.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
+from memory.errors import InvalidInput
 from memory.text import SENTENCE_ENDS, is_cjk, text_length, text_units
-from memory.world.port import Entity, Setup, WorldSnapshot
+from memory.world.port import Entity, FactSpec, Setup, WorldSnapshot
 from nodes import world_view
 from nodes.common import slugify
 from nodes.consistency import (
@@ -89,6 +95,9 @@ CONTRADICTION_KINDS: tuple[str, ...] = FINDING_KINDS[:8]
 
 Severity = Literal["major", "minor"]
 
+AUTHOR_CAUSE = "the author accepted this change as deliberate"
+"""The cause recorded with a fixed attribute an author lets a chapter change."""
+
 TIMELINE_KEY = world_view.TIMELINE_KEY
 """The world entity whose ``day`` attribute is the story's present, in days."""
 DAY = "day"
@@ -117,6 +126,10 @@ class Finding:
     quote: str
     problem: str
     suggestion: str
+    change: tuple[FactSpec, ...] = ()
+    """World facts, valid from the chapter, that make the draft's version the truth if
+    the author accepts it as deliberate (empty: the world already follows the draft, or
+    there is nothing to record, as for repetition and length)."""
 
     def issue(self) -> ReviewIssue:
         """The finding as a reviewer issue (category ``consistency``)."""
@@ -127,6 +140,39 @@ class Finding:
             problem=_limit(f"[{self.kind}] {self.problem}"),
             suggestion=_limit(self.suggestion),
         )
+
+
+def accepted_changes(findings: Sequence[Mapping[str, Any]] | None) -> tuple[FactSpec, ...]:
+    """The world facts of the stored findings an author accepted as deliberate."""
+    return tuple(
+        FactSpec(**fact)
+        for finding in findings or ()
+        if finding.get("accepted")
+        for fact in finding.get("change") or ()
+    )
+
+
+def numbered(findings: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Stored findings as shown to authors: each with its ``number`` (from 1), by which
+    an author accepts it."""
+    return [{**dict(f), "number": n} for n, f in enumerate(findings or (), 1)]
+
+
+def with_accepted(
+    findings: Sequence[Mapping[str, Any]], numbers: Iterable[int], field: str = "accept"
+) -> list[dict[str, Any]]:
+    """Stored findings with those numbered ``numbers`` (from 1, in stored order) marked
+    accepted; InvalidInput (on ``field``) names a number that is not one of them."""
+    marked = [dict(f) for f in findings]
+    for number in numbers:
+        if not 1 <= number <= len(marked):
+            raise InvalidInput(
+                f"finding {number} does not exist: the chapter has "
+                + (f"findings 1-{len(marked)}" if marked else "no findings"),
+                field=field,
+            )
+        marked[number - 1]["accepted"] = True
+    return marked
 
 
 def _limit(text: str) -> str:
@@ -280,6 +326,15 @@ class WorldIndex:
             if attribute_key(attribute) == wanted:
                 return value
         return None
+
+    def stored_name(self, key: str, name: str) -> str:
+        """The name under which ``key`` keeps attribute ``name`` (a stated ``hair`` is the
+        fixed ``hair_colour``), so a change replaces the value instead of sitting beside
+        it under another name; ``name`` itself for an attribute not kept yet."""
+        wanted = attribute_key(name)
+        entity = self.entities.get(key)
+        kept = [*(entity.fixed if entity else ()), *self.snapshot.attributes(key)]
+        return next((a for a in kept if attribute_key(a) == wanted), name)
 
     def fixed(self, key: str, name: str) -> str | None:
         """The value of a fixed attribute ``name`` as it stands (caused changes applied),
@@ -525,10 +580,16 @@ class _Rules:
         self.first_sentence = next((s for _, s in _sentences(draft)), draft.strip()[:200])
 
     def find(
-        self, kind: FindingKind, severity: Severity, quote: str, problem: str, suggestion: str
+        self,
+        kind: FindingKind,
+        severity: Severity,
+        quote: str,
+        problem: str,
+        suggestion: str,
+        *change: FactSpec,
     ) -> None:
         self.findings.append(
-            Finding(kind, severity, quote or self.first_sentence, problem, suggestion)
+            Finding(kind, severity, quote or self.first_sentence, problem, suggestion, change)
         )
 
     def run(self) -> list[Finding]:
@@ -672,6 +733,7 @@ class _Rules:
                 f"{name} died {dead[who]}, but here {name} is present and acting now, not "
                 "in a memory, flashback or report.",
                 f"Remove {name} from the scene, or make it a memory of {name}.",
+                FactSpec(who, "status", value="alive", cause=AUTHOR_CAUSE),
             )
 
     # --- location ---------------------------------------------------------------
@@ -765,6 +827,9 @@ class _Rules:
                 f"{name}'s {label} is fixed as {current!r}, but the draft says {value!r} "
                 "and gives no cause for a change.",
                 f"Describe {name}'s {label} as {current!r}, or show what changed it.",
+                FactSpec(
+                    key, self.world.stored_name(key, attribute), value=value, cause=AUTHOR_CAUSE
+                ),
             )
 
     # --- knowledge -----------------------------------------------------------------
@@ -797,6 +862,7 @@ class _Rules:
                 event.quote,
                 f"{name} refers to the secret {what!r}, which {name} has not learned{who_knows}.",
                 f"Show {name} learning it first, or cut the reference.",
+                FactSpec(who, KNOWS_PREDICATE, object=secret),
             )
 
     # --- custody ------------------------------------------------------------------
@@ -833,6 +899,7 @@ class _Rules:
                 "comes first.",
                 f"Show {owner} giving {thing} to {name} (or {name} taking it), or give the "
                 f"action to {owner}.",
+                FactSpec(item, HOLDER_PREDICATE, object=who),
             )
             holder[item] = who
 
@@ -882,6 +949,7 @@ class _Rules:
             f"{name} is {claimed:g} years old here, but born on day {born:g} and with the "
             f"story at day {now:g}, {name} is {expected:.0f}.",
             f"Give {name}'s age as {expected:.0f}.",
+            FactSpec(who, BORN_DAY, value=f"{round(now - claimed_days)}", cause=AUTHOR_CAUSE),
         )
 
     def _since(self, event: ClaimEvent, claimed: float, now: float) -> None:

@@ -7,12 +7,15 @@ set of facts for its chapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from graphs.state import NovelState
+from memory.app.port import ChapterVersionRecord
+from memory.errors import InvalidInput
 from memory.world.port import (
     ApplyResult,
     EntityKind,
@@ -33,8 +36,10 @@ from nodes.integrity import (
     UNIT_DAYS,
     Finding,
     WorldIndex,
+    accepted_changes,
     draft_findings,
     ordered_claims,
+    with_accepted,
 )
 from nodes.llm.gateway import ModelGateway
 from nodes.reviewer import read_claims
@@ -355,17 +360,16 @@ def claims_to_world(
             continue
         key = owner
         entity = index.entities.get(key)
-        if index.fixed(key, stated.attribute) is not None:
+        attribute = index.stored_name(key, stated.attribute)
+        if index.fixed(key, attribute) is not None:
             if stated.cause:
-                facts.append(
-                    FactSpec(key, stated.attribute, value=stated.value, cause=stated.cause)
-                )
+                facts.append(FactSpec(key, attribute, value=stated.value, cause=stated.cause))
         elif stated.permanent and entity is not None:
             entities.append(
-                EntitySpec(key, entity.kind, entity.name, fixed={stated.attribute: stated.value})
+                EntitySpec(key, entity.kind, entity.name, fixed={attribute: stated.value})
             )
         else:
-            facts.append(FactSpec(key, stated.attribute, value=stated.value))
+            facts.append(FactSpec(key, attribute, value=stated.value))
     facts.extend(_time_facts(index, claims, draft, entities))
     for rel in claims.relationships:
         subject, obj = key_of(rel.subject), key_of(rel.object)
@@ -471,12 +475,14 @@ async def record_chapter_world(
     text: str,
     claims: ChapterClaims | None = None,
     language: str | None = None,
+    accepted: Sequence[FactSpec] = (),
 ) -> RecordedChapter:
     """Redo one chapter's world facts from its text: retract what the chapter recorded
     before, then apply what its claims change, at the chapter.
 
     ``claims`` are the reviewer's reading of ``text`` when it has one (the accepted
-    draft's); otherwise (an author's edit) the text is read now. Shared by
+    draft's); otherwise (an author's edit) the text is read now. ``accepted`` are the
+    facts of findings the author accepted as deliberate changes. Shared by
     :func:`worldsmith_update` and the author-edit path of the HTTP API, so an edited
     chapter's facts are recomputed exactly as the graph does it.
     """
@@ -491,10 +497,48 @@ async def record_chapter_world(
                 text, claims, snapshot, chapter, beats, target=ctx.options.words_per_chapter
             )
         )
-    result = await ctx.world.apply(
-        novel_id, chapter, claims_to_world(snapshot, chapter, claims, text)
-    )
+    changes = claims_to_world(snapshot, chapter, claims, text)
+    extra = tuple(f for f in dict.fromkeys(accepted) if f not in changes.facts)
+    result = await ctx.world.apply(novel_id, chapter, replace(changes, facts=changes.facts + extra))
     return RecordedChapter(claims, result, findings)
+
+
+async def accept_findings(
+    ctx: ScribeContext,
+    novel_id: str,
+    chapter: int,
+    beats: ChapterBeats,
+    numbers: Sequence[int],
+    language: str | None = None,
+) -> ChapterVersionRecord:
+    """The author accepts findings of a chapter's standing text as deliberate changes.
+
+    The findings numbered ``numbers`` (from 1) are marked accepted on the version, and the
+    chapter's world facts are recorded again with what they change, so later chapters
+    are checked against the draft's version. InvalidInput (nothing changed) when the text
+    was never reviewed or a number is not one of its findings.
+    """
+    record = await ctx.store.get_chapter(novel_id, chapter)
+    version = await ctx.store.get_version(record.current_version_id)
+    if version.findings is None or version.claims is None:
+        raise InvalidInput(
+            f"chapter {chapter}'s text was never checked; it has no findings to accept",
+            field="findings",
+            chapter=chapter,
+        )
+    findings = with_accepted(version.findings, numbers, field="findings")
+    await ctx.store.save_review(version.id, version.claims, findings)
+    await record_chapter_world(
+        ctx,
+        novel_id,
+        chapter,
+        beats,
+        record.text,
+        ChapterClaims.model_validate(version.claims),
+        language,
+        accepted_changes(findings),
+    )
+    return await ctx.store.get_version(version.id)
 
 
 async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
@@ -509,7 +553,14 @@ async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) 
     version = await ctx.store.get_version(record.current_version_id)
     stored = ChapterClaims.model_validate(version.claims) if version.claims else None
     recorded = await record_chapter_world(
-        ctx, novel_id, chapter, beats, record.text, stored, language_of(state)
+        ctx,
+        novel_id,
+        chapter,
+        beats,
+        record.text,
+        stored,
+        language_of(state),
+        accepted_changes(version.findings),
     )
     claims, result = recorded.claims, recorded.result
     await ctx.store.accept_chapter(

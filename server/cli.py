@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--edit", type=Path, metavar="FILE", help="replace it with FILE (Markdown or JSON)"
     )
     decision.add_argument("--revise", metavar="NOTES", help="send it back with these notes")
+    resume.add_argument(
+        "--accept",
+        metavar="N[,N...]",
+        help="with --approve at a chapter: findings (by number) that are deliberate changes; "
+        "the world takes the chapter's version from then on",
+    )
     resume.add_argument("--out", type=Path, help="Markdown file for the finished book")
     _add_budget(resume)
 
@@ -382,12 +388,39 @@ def _gate_file(settings: Settings, session_id: str, gate: Gate) -> Path:
     return folder / f"chapter-{int(gate.payload['chapter']):02d}.md"
 
 
+def _finding_numbers(text: str) -> list[int]:
+    """``--accept 1,3`` as numbers; InvalidInput for anything else."""
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        numbers = []
+    if not numbers:
+        raise InvalidInput(f"--accept takes finding numbers such as 1,3, got {text!r}")
+    return numbers
+
+
 def _show_gate(_sessions: Sessions, settings: Settings, session_id: str, gate: Gate) -> None:
+    from server.progress import clipped
+
     where = "the outline" if gate.kind == "outline" else f"chapter {gate.payload['chapter']}"
     path = _gate_file(settings, session_id, gate)
+    findings = gate.payload.get("findings") or [] if gate.kind == "chapter" else []
+    found = "".join(
+        f"\n  {f['number']}. {f['severity']} {f['kind']}: {f['problem']}\n"
+        f"     “{clipped(str(f['quote']), 100)}”"
+        for f in findings
+    )
+    accept = (
+        f"\n  scribe resume {session_id} --approve --accept 1,2  "
+        "(these findings are deliberate changes)"
+        if findings
+        else ""
+    )
     _say(
-        f"Paused for the author after {where}. Read or edit {path}, then run one of:\n"
-        f"  scribe resume {session_id} --approve\n"
+        f"Paused for the author after {where}."
+        + (f" The checks found:{found}\n" if found else " ")
+        + f"Read or edit {path}, then run one of:\n"
+        f"  scribe resume {session_id} --approve{accept}\n"
         f"  scribe resume {session_id} --edit {path}\n"
         f'  scribe resume {session_id} --revise "your notes"'
     )
@@ -464,6 +497,9 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     session_id = parse_session_id(args.session)
     budget = _budget(args)
     settings = _settings(args)
+    if args.accept is not None and not args.approve:
+        raise InvalidInput("--accept goes with --approve (approve the chapter and its findings)")
+    accept = _finding_numbers(args.accept) if args.accept is not None else None
     _require_store(settings)
     edit_text = read_edit_file(args.edit) if args.edit is not None else None
 
@@ -477,6 +513,8 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
         decision: dict[str, Any] | None = None
         if args.approve:
             decision = {"action": "approve"}
+            if accept is not None:
+                decision["accept"] = accept
         elif args.revise is not None:
             decision = {"action": "revise", "notes": args.revise}
         elif edit_text is not None:

@@ -40,6 +40,7 @@ from nodes.common import language_of, slugify, stable_id
 from nodes.context import ScribeContext
 from nodes.human import (
     Approve,
+    ApproveChapter,
     EditChapter,
     EditOutline,
     Revise,
@@ -48,7 +49,7 @@ from nodes.human import (
 )
 from nodes.schemas import ChapterBeats
 from nodes.session import validate_request
-from nodes.worldsmith import record_chapter_world
+from nodes.worldsmith import accept_findings, record_chapter_world
 from server.export import book_to_epub, book_to_markdown
 from server.runs.models import MultitaskStrategy, RunKwargs, RunRecord, ThreadRecord, normalise_id
 from server.runs.serde import jsonable
@@ -548,6 +549,24 @@ class NovelService:
             tid, number, version.id, version.title, recorded.claims.summary
         )
 
+    async def accept_findings(
+        self, owner_id: str, novel_id: str, number: int, findings: Sequence[int]
+    ) -> ChapterRecord:
+        """Accept findings (by number) of an accepted chapter's standing text as deliberate
+        changes; returns the chapter. Conflict while a run is active on the novel (its
+        world facts may be in the middle of being recorded)."""
+        owned = await self._owned(owner_id, novel_id)
+        tid = owned.id
+        await self._check_number(owned, number)
+        await self._accepted(tid, number)
+        active = await self._runs.store.active_runs(tid)
+        if active:
+            raise _busy(tid, active[0])
+        beats = await self._chapter_beats(tid, number)
+        state = (await self._snapshot(tid)).values or {}
+        await accept_findings(self._ctx, tid, number, beats, findings, language_of(state))
+        return await self._store.get_chapter(tid, number)
+
     async def _chapter_beats(self, thread_id: str, number: int) -> ChapterBeats:
         """The plan the director made for chapter ``number``, from the thread's history
         (the state keeps only the current chapter's beats)."""
@@ -635,10 +654,10 @@ def _gate_name(gate: Gate) -> str:
 
 _DECISIONS: dict[str, dict[str, type[BaseModel]]] = {
     "outline": {"approve": Approve, "revise": Revise, "edit": EditOutline},
-    "chapter": {"approve": Approve, "revise": Revise, "edit": EditChapter},
+    "chapter": {"approve": ApproveChapter, "revise": Revise, "edit": EditChapter},
 }
 _TAKES = {
-    "approve": "nothing else",
+    "approve": {"outline": "nothing else", "chapter": "optionally accept (finding numbers)"},
     "revise": "notes",
     "edit": {"outline": "outline", "chapter": "text (and optionally title)"},
 }
@@ -662,7 +681,7 @@ def _checked_decision(gate: Gate, decision: Mapping[str, Any]) -> dict[str, Any]
         if gate.kind == "outline":
             parse_outline_decision(value)
         else:
-            parse_chapter_decision(value)
+            parse_chapter_decision(value, gate.payload)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -45,11 +45,12 @@ def describe(event: dict[str, Any]) -> str:
     if step in ("accept_with_issues", "revise") and isinstance(findings, list) and findings:
         # The first finding (majors come first) says why, in one line.
         more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
-        parts.append(f"— {_clipped(str(findings[0]), 90)}{more}")
+        parts.append(f"— {clipped(str(findings[0]), 90)}{more}")
     return " ".join(parts)
 
 
-def _clipped(text: str, limit: int) -> str:
+def clipped(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

@@ -136,7 +136,7 @@ class Sessions:
             if gate.kind == "outline":
                 parse_outline_decision(decision)
             else:
-                parse_chapter_decision(decision)
+                parse_chapter_decision(decision, gate.payload)
             return await self._run(
                 session_id, [(None, {"resume": decision})], on_progress, budget=budget
             )

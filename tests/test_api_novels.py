@@ -24,7 +24,10 @@ from fastapi import FastAPI
 
 from memory.retrieval.chunking import split_passages
 from memory.text import is_cjk, text_length
+from memory.world.port import FactSpec, WorldChanges
 from nodes.common import stable_id
+from nodes.integrity import check_claims
+from nodes.schemas import ChapterClaims
 from server.export import validate_epub
 from server.services import AppServices
 from tests.apps import register, started_app
@@ -518,6 +521,61 @@ async def test_edit_accepted_chapter_reindexes_and_recomputes_world(api: Api) ->
     world_named = await get_json(api, auth, f"{base}/world?chapter=1")
     restored = world_named["relationships"] + world_named["facts"]
     assert relation in [f for f in restored if f["source_chapter"] == 1]
+
+
+async def test_author_accepts_a_deliberate_change(api: Api) -> None:
+    auth = await user(api, "resurrector")
+    novel_id = await written(api, auth)
+    base = f"{API}/{novel_id}"
+    context = api.services.backends.context
+    chapter_two = await context.store.get_chapter(novel_id, 2)
+    claims = (await context.store.get_version(chapter_two.current_version_id)).claims
+    assert claims and claims["present"], "chapter 2's review found nobody present"
+    world = await get_json(api, auth, f"{base}/world?chapter=1")
+    keys = {e["name"]: e["key"] for e in world["entities"]}
+    name = claims["present"][0]["character"]
+    key = keys[name]
+    # The story so far killed this character in chapter 1 (recorded as the worldsmith
+    # would), so chapter 2, where they are present, now contradicts the world.
+    await context.world.apply(
+        novel_id, 1, WorldChanges(facts=(FactSpec(key, "status", value="dead"),))
+    )
+    text = (await get_json(api, auth, f"{base}/chapters/2"))["text"]
+    checked = await api.client.put(f"{base}/chapters/2", json={"text": text}, headers=auth)
+    assert checked.status_code == 200, checked.text
+    findings = checked.json()["findings"]
+    life = [f for f in findings if f["kind"] == "life"]
+    assert life and life[0]["severity"] == "major" and not life[0]["accepted"]
+    assert life[0]["on_accept"] == [f"{key} status alive"]
+    assert [f["number"] for f in findings] == list(range(1, len(findings) + 1))
+
+    before = await everything(api, auth, novel_id)
+    wrong = await api.client.post(
+        f"{base}/chapters/2/findings/accept", json={"findings": [len(findings) + 1]}, headers=auth
+    )
+    assert_error(wrong, 422, f"finding {len(findings) + 1} does not exist")
+    assert await everything(api, auth, novel_id) == before
+
+    # The author says the return is deliberate: the world has them alive from chapter 2.
+    accepted = await api.client.post(
+        f"{base}/chapters/2/findings/accept", json={"findings": [life[0]["number"]]}, headers=auth
+    )
+    assert accepted.status_code == 200, accepted.text
+    marked = accepted.json()["findings"]
+    assert [f["accepted"] for f in marked] == [f is life[0] for f in findings]
+    assert accepted.json()["text"] == text
+
+    def status(world: dict[str, Any]) -> list[str]:
+        return [
+            f["value"] for f in world["facts"] if f["subject"] == key and f["attribute"] == "status"
+        ]
+
+    assert status(await get_json(api, auth, f"{base}/world?chapter=1")) == ["dead"]
+    assert status(await get_json(api, auth, f"{base}/world?chapter=2")) == ["alive"]
+    # The same claims checked against the world now find no contradiction of life.
+    snapshot = await context.world.world_as_of(novel_id, 3)
+    stored = ChapterClaims.model_validate(claims)
+    assert not [f for f in check_claims(text, stored, snapshot, 3) if f.kind == "life"]
 
 
 async def test_a_novel_in_another_language(api: Api) -> None:

@@ -282,3 +282,42 @@ def test_progress_on_a_pipe_shows_milestones_and_a_plan_from_the_outline() -> No
         "[0/2] director   ch 1 planned from the outline (the model gave no usable plan)",
         "[1/2] worldsmith ch 1 world updated",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--accept", "1"], "--accept goes with --approve"),
+        (["--approve", "--accept", "one"], "--accept takes finding numbers such as 1,3"),
+    ],
+)
+def test_resume_accept_needs_approve_and_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    session = str(uuid.uuid4())
+    code, out, err = _run(capsys, "--data-dir", str(tmp_path), "resume", session, *argv)
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"scribe: error: {message}"), err
+
+
+def test_a_chapter_gate_lists_its_findings_by_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import _show_gate
+    from server.sessions import Gate
+    from server.settings import load_settings
+
+    finding = {
+        "number": 1,
+        "kind": "life",
+        "severity": "major",
+        "quote": "Ada laughed at the door.",
+        "problem": "Ada died before this chapter, but here Ada is present and acting now.",
+    }
+    gate = Gate("chapter", {"chapter": 2, "findings": [finding]})
+    _show_gate(None, load_settings(data_dir=tmp_path), "s-1", gate)  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert "1. major life: Ada died before this chapter" in err
+    assert "“Ada laughed at the door.”" in err
+    assert "scribe resume s-1 --approve --accept 1,2" in err

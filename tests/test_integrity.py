@@ -292,3 +292,43 @@ async def test_name_drift_and_world_facts_need_no_english(world: SqlWorldMemory)
         }
     )
     assert check_claims("林晓星来了。", sister, await world.world_as_of(NOVEL, 1), 1) == []
+
+
+async def test_an_accepted_contradiction_becomes_the_world_s_truth(
+    world: SqlWorldMemory,
+) -> None:
+    """Accepting a finding records its change with the chapter; the same claims a chapter
+    later then contradict nothing of that kind (for the kinds a world fact can settle)."""
+    still: list[tuple[str, str]] = []
+    settled = 0
+    for case in consistency.cases((1,)):
+        # A caused change of a fixed trait (a look-alike) must settle the world the same way.
+        caused = case.kind == "attribute" and not case.contradiction
+        if not case.contradiction and not caused:
+            continue
+        outcome = await consistency.run_case(world, case)
+        changes = [fact for f in outcome.findings if f.kind == case.kind for fact in f.change]
+        if not changes and not caused:
+            continue  # nothing for the world to record: an author approves the text as is
+        novel = str(uuid.uuid4())
+        await consistency.build_world(world, novel, case)
+        before = await world.world_as_of(novel, case.chapter)
+        assert outcome.claims is not None
+        draft = case.draft.text()
+        recorded = claims_to_world(before, case.chapter, outcome.claims, draft)
+        extra = tuple(f for f in changes if f not in recorded.facts)
+        batch = WorldChanges(
+            entities=recorded.entities,
+            facts=recorded.facts + extra,
+            ended=recorded.ended,
+            setups=recorded.setups,
+            paid_off=recorded.paid_off,
+            renames=recorded.renames,
+        )
+        assert not (await world.apply(novel, case.chapter, batch)).rejected
+        after = await world.world_as_of(novel, case.chapter + 1)
+        again = check_claims(draft, outcome.claims, after, case.chapter + 1)
+        settled += 1
+        if any(f.kind == case.kind and f.severity == "major" for f in again):
+            still.append((case.kind, case.variant))
+    assert settled >= 10 and still == [], still

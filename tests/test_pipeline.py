@@ -14,6 +14,7 @@ from langchain_core.outputs import ChatGenerationChunk
 
 from memory.errors import InvalidInput, ModelUnavailable
 from memory.retrieval.chunking import split_passages
+from memory.world.port import FactSpec, WorldChanges
 from nodes.llm.config import RetryPolicy
 from nodes.llm.gateway import ModelGateway
 from nodes.llm.offline import OfflineChatModel
@@ -218,3 +219,39 @@ async def test_a_failed_model_call_leaves_a_resumable_session(backends: Backends
     assert result.status == "completed"
     assert [c.number for c in await backends.store.list_chapters(record.id)] == [1, 2]
     assert (await backends.store.get_novel(record.id)).error is None
+
+
+async def test_accept_a_deliberate_change_at_the_chapter_gate(backends: Backends) -> None:
+    sessions = Sessions(backends)
+    result = await sessions.start(validate_request(PREMISE, 2, "fantasy", ["chapter"]))
+    sid = result.session_id
+    assert result.gate is not None and result.gate.payload["chapter"] == 1
+    # The story kills everyone in chapter 1 (as the worldsmith would record it), so
+    # whoever chapter 2 brings on stage contradicts the world.
+    world = backends.context.world
+    cast = [e.key for e in (await world.world_as_of(sid, 1)).entities if e.kind == "character"]
+    dead = tuple(FactSpec(key, "status", value="dead") for key in cast)
+    await world.apply(sid, 1, WorldChanges(facts=dead))
+    result = await sessions.resume(sid, {"action": "approve"})
+    assert result.gate is not None and result.gate.payload["chapter"] == 2
+    findings = result.gate.payload["findings"]
+    life = [f for f in findings if f["kind"] == "life"]
+    assert life, findings
+    returned = life[0]["change"][0]["subject"]
+
+    # A number that is not one of the findings changes nothing.
+    with pytest.raises(InvalidInput, match=f"finding {len(findings) + 1} does not exist"):
+        await sessions.resume(sid, {"action": "approve", "accept": [len(findings) + 1]})
+    still = await sessions.gate(sid)
+    assert still is not None and still.payload["chapter"] == 2
+
+    result = await sessions.resume(sid, {"action": "approve", "accept": [life[0]["number"]]})
+    assert result.status == "completed"
+    chapter = await backends.store.get_chapter(sid, 2)
+    assert [bool(f.get("accepted")) for f in chapter.findings or []] == [
+        f is life[0] for f in findings
+    ]
+    status = {
+        n: (await world.world_as_of(sid, n)).attributes(returned).get("status") for n in (1, 2)
+    }
+    assert status == {1: "dead", 2: "alive"}

@@ -23,6 +23,7 @@ from memory.app.sql import count_words
 from memory.errors import ScribeError
 from memory.world.port import WorldSnapshot
 from nodes.human import MAX_CHAPTER_CHARS
+from nodes.integrity import numbered
 from nodes.session import MAX_CHAPTERS, MAX_GENRE_CHARS, MAX_PREMISE_CHARS
 from server.api.langgraph.shapes import HEARTBEAT, run_location, sse_frame
 from server.deps import CurrentUser, Services
@@ -125,8 +126,9 @@ class Decision(_Request):
     """An answer to the gate the novel waits at.
 
     At the outline: ``approve``, ``revise`` with ``notes``, or ``edit`` with ``outline``.
-    After a chapter: ``approve``, ``revise`` with ``notes``, or ``edit`` with ``text``
-    (and optionally ``title``).
+    After a chapter: ``approve`` (optionally with ``accept``, the numbers of findings that
+    are deliberate changes), ``revise`` with ``notes``, or ``edit`` with ``text`` (and
+    optionally ``title``).
     """
 
     action: Literal["approve", "edit", "revise"]
@@ -134,6 +136,13 @@ class Decision(_Request):
     text: str | None = None
     title: str | None = None
     outline: list[dict[str, Any]] | None = None
+    accept: list[int] | None = None
+
+
+class AcceptFindingsRequest(_Request):
+    """Findings of a chapter's standing text that are deliberate changes, by number."""
+
+    findings: list[int] = Field(min_length=1, max_length=100)
 
 
 class WriteRequest(_Request):
@@ -239,11 +248,31 @@ class FindingResponse(BaseModel):
     quote: str
     problem: str
     suggestion: str = ""
+    number: int
+    """How an author names this finding to accept it (from 1, in this list's order)."""
+    accepted: bool = False
+    """The author accepted it as a deliberate change."""
+    on_accept: list[str] = Field(default_factory=list)
+    """What the world records from this chapter on if it is accepted (``subject
+    predicate value``); empty when the world follows the draft already."""
 
     @classmethod
     def listed(cls, findings: Sequence[Mapping[str, Any]] | None) -> list[FindingResponse] | None:
         """The responses for stored findings (``None`` when the text was never reviewed)."""
-        return None if findings is None else [cls.model_validate(f) for f in findings]
+        if findings is None:
+            return None
+        return [
+            cls.model_validate(
+                {
+                    **f,
+                    "on_accept": [
+                        f"{c['subject']} {c['predicate']} {c.get('value') or c.get('object')}"
+                        for c in f.get("change") or ()
+                    ],
+                }
+            )
+            for f in numbered(findings)
+        ]
 
 
 class ChapterSummaryResponse(BaseModel):
@@ -566,6 +595,23 @@ async def edit_chapter(
     if isinstance(edited, RunRecord):
         return _accepted(edited)
     return ChapterResponse.of_chapter(edited)
+
+
+@router.post("/{novel_id}/chapters/{number}/findings/accept")
+async def accept_findings(
+    novel_id: str,
+    number: ChapterNumber,
+    body: AcceptFindingsRequest,
+    user: CurrentUser,
+    novels: Novels,
+) -> ChapterResponse:
+    """Accept findings of the chapter's standing text as deliberate changes: they are
+    marked ``accepted`` and the world records what they change from this chapter on, so
+    later chapters are checked against it. 409 while a run is active on the novel; 422
+    for a number that is not one of the chapter's findings (nothing is changed)."""
+    return ChapterResponse.of_chapter(
+        await novels.accept_findings(user.user_id, novel_id, number, body.findings)
+    )
 
 
 @router.get("/{novel_id}/chapters/{number}/versions")

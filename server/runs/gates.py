@@ -33,6 +33,6 @@ def check_resume(snapshot: StateSnapshot, resume: Any) -> None:
             if gate == "outline":
                 parse_outline_decision(value)
             elif gate == "chapter":
-                parse_chapter_decision(value)
+                parse_chapter_decision(value, item.value)
         except InvalidInput as exc:
             raise InvalidInput(exc.message, field="command.resume", gate=gate) from exc

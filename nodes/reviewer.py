@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from graphs.state import NovelState, ReviewDecision, VerdictState
-from memory.errors import StorageError
+from memory.errors import ModelOutputError, StorageError
 from memory.world.port import WorldSnapshot
 from nodes.common import language_of, novel_id_of, progress
 from nodes.consistency import with_findings
@@ -85,6 +85,16 @@ def grounded(verdict: Verdict, draft: str) -> Verdict:
     )
 
 
+@dataclass(frozen=True)
+class ReadClaims:
+    """What :func:`read_claims` got: the claims, or (``unread`` says why) none."""
+
+    claims: ChapterClaims
+    unread: str | None = None
+    """Why the model gave no usable claims; the claims are then empty, with the plan's
+    summary, so the book goes on with the text checks only."""
+
+
 async def read_claims(
     ctx: ScribeContext,
     chapter: int,
@@ -92,22 +102,38 @@ async def read_claims(
     text: str,
     snapshot: WorldSnapshot,
     language: str | None = None,
-) -> ChapterClaims:
+) -> ReadClaims:
     """The reviewer's model's reading of ``text``: what it states that the world can
     confirm or contradict (one ``chapter_claims`` answer). The same reading of the
-    accepted draft is what the chapter records in world memory."""
-    return await ctx.models.structured(
-        "chapter_claims",
-        ClaimsInput(
-            language=language,
-            chapter=chapter,
-            beats=beats,
-            draft=text,
-            world=chapter_brief(snapshot, beats),
-        ),
-        ChapterClaims,
-        constraints=CLAIMS_CONSTRAINTS,
-    )
+    accepted draft is what the chapter records in world memory.
+
+    A model that never gives usable claims (its answers are traced) does not stop the
+    book: the chapter is checked by the text rules alone, records nothing in the world,
+    and ``unread`` says so, for the caller to tell the author.
+    """
+    try:
+        claims = await ctx.models.structured(
+            "chapter_claims",
+            ClaimsInput(
+                language=language,
+                chapter=chapter,
+                beats=beats,
+                draft=text,
+                world=chapter_brief(snapshot, beats),
+            ),
+            ChapterClaims,
+            constraints=CLAIMS_CONSTRAINTS,
+        )
+    except ModelOutputError as exc:
+        return ReadClaims(ChapterClaims(summary=planned_summary(beats)), exc.message)
+    return ReadClaims(claims)
+
+
+def planned_summary(beats: ChapterBeats) -> str:
+    """The chapter's summary as planned (its beats), for a chapter whose claims are unread."""
+    summary = " ".join(b.summary.strip() for b in beats.beats if b.summary.strip())
+    summary = summary or beats.title
+    return summary if len(summary) <= 800 else summary[:799].rstrip() + "\u2026"
 
 
 async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
@@ -126,7 +152,10 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
     # Deterministic checks first: the draft's claims against the world, then the text
     # itself. The model sees the findings, and they stay in the verdict (as issues, majors
     # forcing a revision) whether or not the model repeats them.
-    claims = await read_claims(ctx, chapter, beats, draft, snapshot, language_of(state))
+    read = await read_claims(ctx, chapter, beats, draft, snapshot, language_of(state))
+    claims = read.claims
+    if read.unread is not None:
+        progress(runtime, "reviewer", "claims_unread", chapter=chapter, error=read.unread)
     earlier = [
         (c.number, c.text) for c in await ctx.store.list_chapters(novel_id) if c.number < chapter
     ]

@@ -465,6 +465,8 @@ class RecordedChapter:
     findings: tuple[Finding, ...] = ()
     """What the rules found in a text read here (an author's edit); empty when the
     claims were given (the reviewer found and stored them already)."""
+    unread: str | None = None
+    """Why the model gave no usable claims for a text read here (nothing was recorded)."""
 
 
 async def record_chapter_world(
@@ -490,8 +492,10 @@ async def record_chapter_world(
     await ctx.world.retract_chapter(novel_id, chapter)
     snapshot = await ctx.world.world_as_of(novel_id, chapter)
     findings: tuple[Finding, ...] = ()
+    unread: str | None = None
     if claims is None:
-        claims = await read_claims(ctx, chapter, beats, text, snapshot, language)
+        read = await read_claims(ctx, chapter, beats, text, snapshot, language)
+        claims, unread = read.claims, read.unread
         findings = tuple(
             draft_findings(
                 text, claims, snapshot, chapter, beats, target=ctx.options.words_per_chapter
@@ -500,7 +504,7 @@ async def record_chapter_world(
     changes = claims_to_world(snapshot, chapter, claims, text)
     extra = tuple(f for f in dict.fromkeys(accepted) if f not in changes.facts)
     result = await ctx.world.apply(novel_id, chapter, replace(changes, facts=changes.facts + extra))
-    return RecordedChapter(claims, result, findings)
+    return RecordedChapter(claims, result, findings, unread)
 
 
 async def accept_findings(

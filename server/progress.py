@@ -13,6 +13,7 @@ _LABELS = {
     "seeded": "world built",
     "beats": "planning beats",
     "beats_from_outline": "planned from the outline (the model gave no usable plan)",
+    "claims_unread": "checked by the text rules only (the model gave no usable claims)",
     "drafting": "drafting",
     "drafted": "draft written",
     "reviewing": "reviewing",
@@ -59,7 +60,7 @@ class ProgressView:
 
     _MILESTONES = frozenset({"planned", "seeded", "recorded", "awaiting_author", "finished"})
     # Steps the author should see even on a live display: the book went on, but not as asked.
-    _WARNINGS = frozenset({"beats_from_outline"})
+    _WARNINGS = frozenset({"beats_from_outline", "claims_unread"})
 
     def __init__(self, chapters: int, *, done: int = 0, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stderr

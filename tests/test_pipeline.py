@@ -10,6 +10,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 
 from memory.errors import InvalidInput, ModelUnavailable
@@ -18,6 +19,7 @@ from memory.world.port import FactSpec, WorldChanges
 from nodes.llm.config import RetryPolicy
 from nodes.llm.gateway import ModelGateway
 from nodes.llm.offline import OfflineChatModel
+from nodes.llm.tasks import parse_request
 from nodes.schemas import AGENTS
 from nodes.session import validate_request
 from server.backends import Backends
@@ -192,6 +194,21 @@ class _UnreachableWriter(OfflineChatModel):
         yield  # pragma: no cover - makes this an async generator
 
 
+class _ClaimlessReviewer(OfflineChatModel):
+    """A reviewer model that answers every request for claims with a loop of prose."""
+
+    async def _astream(
+        self, messages: list[BaseMessage], *args: Any, **kwargs: Any
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        parsed = parse_request(messages)
+        if parsed is not None and parsed.task == "chapter_claims":
+            for _ in range(3):
+                yield ChatGenerationChunk(message=AIMessageChunk(content="The claims are many. "))
+            return
+        async for chunk in super()._astream(messages, *args, **kwargs):
+            yield chunk
+
+
 async def _no_wait(_seconds: float) -> None:
     return None
 
@@ -219,6 +236,29 @@ async def test_a_failed_model_call_leaves_a_resumable_session(backends: Backends
     assert result.status == "completed"
     assert [c.number for c in await backends.store.list_chapters(record.id)] == [1, 2]
     assert (await backends.store.get_novel(record.id)).error is None
+
+
+async def test_a_book_goes_on_when_the_model_cannot_read_claims(backends: Backends) -> None:
+    healthy = backends.context.models
+    models = {a: healthy.model_for(a) for a in AGENTS} | {"reviewer": _ClaimlessReviewer()}
+    claimless = replace(
+        backends,
+        context=replace(backends.context, models=ModelGateway(models, sleep=_no_wait)),
+    )
+    events: list[dict[str, Any]] = []
+    result = await Sessions(claimless).start(validate_request(PREMISE, 2), events.append)
+    assert result.status == "completed"
+    unread = [e for e in events if e["step"] == "claims_unread"]
+    reviews = [e for e in events if e["step"] == "reviewing"]
+    # Every draft was checked by the text rules alone, and the author told so.
+    assert [e["chapter"] for e in unread] == [e["chapter"] for e in reviews]
+    assert {e["chapter"] for e in unread} == {1, 2} and all(e["error"] for e in unread)
+    world = backends.context.world
+    snapshot = await world.world_as_of(result.session_id, 3)
+    assert {f.source_chapter for f in snapshot.facts} == {0}, "nothing recorded from prose"
+    for number in (1, 2):
+        chapter = await backends.store.get_chapter(result.session_id, number)
+        assert chapter.summary and chapter.findings is not None
 
 
 async def test_accept_a_deliberate_change_at_the_chapter_gate(backends: Backends) -> None:

@@ -23,6 +23,7 @@ import pytest
 from langgraph_sdk import get_client
 from pydantic import BaseModel, ValidationError
 
+from memory.text import is_cjk, text_length
 from memory.traces.port import ModelCall
 from nodes.llm.answers import closed_prefixes, unlooped
 from nodes.llm.gateway import extract_json_object
@@ -31,6 +32,8 @@ from server.backends import open_backends
 from server.cli import main
 from server.settings import Settings, load_settings
 from tests.apps import served
+from tests.conftest import UseService
+from tests.services import llama
 from tests.services.base import Running
 from tests.services.llama import WRITER_EXTRA_BODY
 
@@ -190,6 +193,51 @@ def test_cli_writes_a_book_with_a_real_model(
     assert book.count("\n## ") == 2
     settings = settings_for(data, real_model_env)
     asyncio.run(check_run(settings, session_id, real_model_env, 2, err.count(FALLBACK)))
+
+
+PREMISE_ZH = "灯塔看守人阿达在灯室里找到一把黄铜钥匙，它能打开海底的一扇门。"
+CHINESE_MODEL = "qwen05"
+"""SmolLM2 writes no Chinese; Qwen2.5 does, and its 0.5B model keeps the test short."""
+
+
+@pytest.fixture
+def chinese_model_env(use_service: UseService, monkeypatch: pytest.MonkeyPatch) -> Running:
+    """A model that writes Chinese (the given endpoint's, or a local Qwen-0.5B), in the
+    environment as the CLI reads it."""
+    server = use_service("llm-zh", lambda workdir: llama.start(workdir, CHINESE_MODEL))
+    for name, value in model_env(server).items():
+        monkeypatch.setenv(name, value)
+    return server
+
+
+def test_cli_writes_a_chinese_book_with_a_real_model(
+    chinese_model_env: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out_file = tmp_path / "data", tmp_path / "book.md"
+    argv = ["--premise", PREMISE_ZH, "--language", "zh", "--chapters", "1", "--out", str(out_file)]
+    code, out, err = scribe(capsys, data, "write", *argv)
+    assert code == 0, err
+    session_id = out.splitlines()[0]
+    assert out_file.read_text().count("\n## ") == 1
+    settings = settings_for(data, chinese_model_env)
+    asyncio.run(check_run(settings, session_id, chinese_model_env, 1, err.count(FALLBACK)))
+    asyncio.run(check_chinese_chapter(settings, session_id))
+
+
+async def check_chinese_chapter(settings: Settings, session_id: str) -> None:
+    """The chapter is Chinese, counted in characters, indexed and checked."""
+    async with open_backends(settings) as backends:
+        chapter = await backends.store.get_chapter(session_id, 1)
+        version = await backends.store.get_version(chapter.current_version_id)
+        passages = backends.context.passages
+        sentence = next(p for p in chapter.text.split("\n\n") if is_cjk(p))[:30]
+        hits = await passages.search(session_id, sentence, before_chapter=2, limit=3)
+    assert is_cjk(chapter.text), chapter.text[:200]
+    assert chapter.word_count == text_length(chapter.text)
+    # The reviewer read claims from the Chinese draft and the rules checked them.
+    assert version.claims is not None and version.findings is not None
+    assert all(f["quote"] in chapter.text for f in version.findings)
+    assert hits and hits[0].passage.chapter == 1 and sentence[:10] in hits[0].passage.text
 
 
 def test_pause_at_the_outline_and_resume_with_a_real_model(

@@ -8,7 +8,7 @@ set of facts for its chapter.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -567,6 +567,14 @@ async def worldsmith_update(state: NovelState, runtime: Runtime[ScribeContext]) 
         accepted_changes(version.findings),
     )
     claims, result = recorded.claims, recorded.result
+    if stored is None:
+        # The text was read here (an author's edit at the gate): its findings are kept
+        # with it, as the reviewer keeps a draft's.
+        await ctx.store.save_review(
+            version.id, claims.model_dump(mode="json"), [asdict(f) for f in recorded.findings]
+        )
+    if recorded.unread is not None:
+        progress(runtime, "worldsmith", "claims_unread", chapter=chapter, error=recorded.unread)
     await ctx.store.accept_chapter(
         novel_id, chapter, record.current_version_id, record.title, claims.summary
     )

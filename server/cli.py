@@ -366,6 +366,7 @@ def _book_path(settings: Settings, session_id: str, out: Path | None) -> Path:
 async def _finish(
     sessions: Sessions, settings: Settings, result: RunResult, out: Path | None
 ) -> None:
+    from memory.text import is_cjk
     from server.export import book_to_markdown
 
     if result.gate is not None:
@@ -377,7 +378,9 @@ async def _finish(
     markdown = book_to_markdown(record.title or "Untitled", chapters, logline=bible.get("logline"))
     write_atomically(path, markdown.encode())
     words = sum(c.word_count for c in chapters)
-    _say(f"Finished “{record.title}”: {len(chapters)} chapters, {words} words.")
+    # Lengths are counted in characters for Chinese, Japanese and Korean (memory/text.py).
+    unit = "characters" if is_cjk(" ".join(c.text[:500] for c in chapters)) else "words"
+    _say(f"Finished “{record.title}”: {len(chapters)} chapters, {words} {unit}.")
     print(path)
 
 

@@ -162,6 +162,8 @@ async def test_pause_edit_revise_resume(backends: Backends) -> None:
     assert chapter1.title == "Tide Clock"
     versions = await backends.store.list_versions(sid, 1)
     assert versions[-1].kind == "edit" and versions[-1].id == chapter1.current_version_id
+    # The author's text was read and checked, and its findings kept: far too short.
+    assert [f["kind"] for f in chapter1.findings or [] if f["severity"] == "major"] == ["length"]
     passages = backends.context.passages
     assert await passages.count(sid, 1) == len(split_passages(text))
     hits = await passages.search(sid, "marmalade lantern", before_chapter=2, limit=1)

@@ -175,6 +175,23 @@ def with_accepted(
     return marked
 
 
+def is_chinese(language: str | None) -> bool:
+    """Whether findings are written in Chinese for a book in ``language`` (English else)."""
+    return bool(language) and str(language).split("-")[0].casefold() == "zh"
+
+
+Said = tuple[str, str]
+"""A finding's problem and suggestion."""
+
+
+def _say(language: str | None, english: Said, chinese: Said) -> Said:
+    """The finding's words in the book's language: Chinese or English."""
+    return chinese if is_chinese(language) else english
+
+
+_ZH_UNITS = {"day": "天", "week": "周", "month": "个月", "year": "年"}
+
+
 def _limit(text: str) -> str:
     return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 1].rstrip() + "\u2026"
 
@@ -570,8 +587,10 @@ class _Rules:
         snapshot: WorldSnapshot,
         chapter: int,
         beats: ChapterBeats | None,
+        language: str | None = None,
     ) -> None:
         self.draft = draft
+        self.language = language
         self.claims = claims
         self.world = WorldIndex.of(snapshot)
         self.chapter = chapter
@@ -588,9 +607,14 @@ class _Rules:
         suggestion: str,
         *change: FactSpec,
     ) -> None:
+        """Record a finding (problem and suggestion as :meth:`say` worded them)."""
         self.findings.append(
             Finding(kind, severity, quote or self.first_sentence, problem, suggestion, change)
         )
+
+    def say(self, english: Said, chinese: Said) -> Said:
+        """The finding's words in the book's language."""
+        return _say(self.language, english, chinese)
 
     def run(self) -> list[Finding]:
         if not self.first_sentence:
@@ -647,10 +671,19 @@ class _Rules:
                     "name",
                     "major",
                     event.quote,
-                    f"{name!r} is not a name of anyone in the world, but {how} {form!r}, "
-                    f"the world's name for {entity}; no rename says {entity} is now "
-                    f"called {name!r}.",
-                    f"Call {entity} {form!r}, or state the change of name in the text.",
+                    *self.say(
+                        (
+                            f"{name!r} is not a name of anyone in the world, but {how} "
+                            f"{form!r}, the world's name for {entity}; no rename says "
+                            f"{entity} is now called {name!r}.",
+                            f"Call {entity} {form!r}, or state the change of name in the text.",
+                        ),
+                        (
+                            f"“{name}”不是世界中任何人的名字，却与{entity}的名字“{form}”"
+                            f"极为相近；没有任何改名说明{entity}现在叫“{name}”。",
+                            f"把{entity}称作“{form}”，或在正文中写明改名。",
+                        ),
+                    ),
                 )
 
     def _drift(self, name: str, *, declared_new: bool) -> tuple[str, str, str] | None:
@@ -707,7 +740,7 @@ class _Rules:
         }
 
     def _life(self, events: Sequence[ClaimEvent]) -> None:
-        dead = dict.fromkeys(self._dead(), "before this chapter")
+        dead = dict.fromkeys(self._dead(), ("before this chapter", "在本章之前"))
         reported: set[str] = set()
         for event in events:
             claim = event.claim
@@ -715,7 +748,7 @@ class _Rules:
             if who is None:
                 continue
             if event.kind == "death":
-                dead.setdefault(who, "earlier in this chapter")
+                dead.setdefault(who, ("earlier in this chapter", "在本章前文"))
                 continue
             acting = event.kind in ("present", "travel", "item") or (
                 event.kind == "knowledge" and getattr(claim, "action", "") == "learns"
@@ -726,13 +759,23 @@ class _Rules:
                 continue
             reported.add(who)
             name = self.world.name(who)
+            when, when_zh = dead[who]
             self.find(
                 "life",
                 "major",
                 event.quote,
-                f"{name} died {dead[who]}, but here {name} is present and acting now, not "
-                "in a memory, flashback or report.",
-                f"Remove {name} from the scene, or make it a memory of {name}.",
+                *self.say(
+                    (
+                        f"{name} died {when}, but here {name} is present and acting now, "
+                        "not in a memory, flashback or report.",
+                        f"Remove {name} from the scene, or make it a memory of {name}.",
+                    ),
+                    (
+                        f"{name}{when_zh}已经死去，但在这里{name}正在场并有所行动，"
+                        "而不是在回忆、闪回或转述中。",
+                        f"让{name}离开这一场景，或把它写成对{name}的回忆。",
+                    ),
+                ),
                 FactSpec(who, "status", value="alive", cause=AUTHOR_CAUSE),
             )
 
@@ -785,17 +828,29 @@ class _Rules:
             )
             if previous[1] is None:
                 when = f"the world has {name} at {there} when this chapter begins"
+                when_zh = f"本章开始时世界记录{name}在{there}"
             elif previous[1] == scene:
                 when = f"earlier in the same scene {name} is at {there}"
+                when_zh = f"同一场景中稍早{name}在{there}"
             else:
                 when = f"in scene {previous[1]} {name} is at {there}"
+                when_zh = f"第{previous[1]}场中{name}在{there}"
             self.find(
                 "location",
                 "major",
                 event.quote,
-                f"{name} is at {here} here, but {when}, and no travel or passing of time "
-                "comes in between.",
-                f"Show {name} travelling to {here} (or time passing), or keep {name} at {there}.",
+                *self.say(
+                    (
+                        f"{name} is at {here} here, but {when}, and no travel or passing of "
+                        "time comes in between.",
+                        f"Show {name} travelling to {here} (or time passing), or keep {name} "
+                        f"at {there}.",
+                    ),
+                    (
+                        f"{name}在这里身处{here}，但{when_zh}，其间既没有赶路，也没有时间流逝。",
+                        f"写出{name}前往{here}的过程（或时间的流逝），或让{name}留在{there}。",
+                    ),
+                ),
             )
 
     # --- fixed attributes ---------------------------------------------------------
@@ -824,9 +879,18 @@ class _Rules:
                 "attribute",
                 "major",
                 event.quote,
-                f"{name}'s {label} is fixed as {current!r}, but the draft says {value!r} "
-                "and gives no cause for a change.",
-                f"Describe {name}'s {label} as {current!r}, or show what changed it.",
+                *self.say(
+                    (
+                        f"{name}'s {label} is fixed as {current!r}, but the draft says "
+                        f"{value!r} and gives no cause for a change.",
+                        f"Describe {name}'s {label} as {current!r}, or show what changed it.",
+                    ),
+                    (
+                        f"{name}的{label}固定为“{current}”，但草稿写成“{value}”，"
+                        "且没有交代变化的原因。",
+                        f"把{name}的{label}写成“{current}”，或写出是什么改变了它。",
+                    ),
+                ),
                 FactSpec(
                     key, self.world.stored_name(key, attribute), value=value, cause=AUTHOR_CAUSE
                 ),
@@ -856,12 +920,22 @@ class _Rules:
                 if f.predicate == KNOWS_PREDICATE and f.object == secret
             )
             who_knows = f" (only {', '.join(knowers)} know it)" if knowers else ""
+            who_knows_zh = f"（只有{'、'.join(knowers)}知道）" if knowers else ""
             self.find(
                 "knowledge",
                 "major",
                 event.quote,
-                f"{name} refers to the secret {what!r}, which {name} has not learned{who_knows}.",
-                f"Show {name} learning it first, or cut the reference.",
+                *self.say(
+                    (
+                        f"{name} refers to the secret {what!r}, which {name} has not "
+                        f"learned{who_knows}.",
+                        f"Show {name} learning it first, or cut the reference.",
+                    ),
+                    (
+                        f"{name}提到了秘密“{what}”，但{name}尚未得知此事{who_knows_zh}。",
+                        f"先写{name}得知这件事，或删去这处提及。",
+                    ),
+                ),
                 FactSpec(who, KNOWS_PREDICATE, object=secret),
             )
 
@@ -895,10 +969,18 @@ class _Rules:
                 "custody",
                 "major",
                 event.quote,
-                f"{name} has {thing} here, but {owner} holds it and no hand-over to {name} "
-                "comes first.",
-                f"Show {owner} giving {thing} to {name} (or {name} taking it), or give the "
-                f"action to {owner}.",
+                *self.say(
+                    (
+                        f"{name} has {thing} here, but {owner} holds it and no hand-over to "
+                        f"{name} comes first.",
+                        f"Show {owner} giving {thing} to {name} (or {name} taking it), or give "
+                        f"the action to {owner}.",
+                    ),
+                    (
+                        f"{name}在这里拿着{thing}，但它在{owner}手中，此前并没有交到{name}手里。",
+                        f"写出{owner}把{thing}交给{name}（或{name}拿走它），或让{owner}来做这个动作。",
+                    ),
+                ),
                 FactSpec(item, HOLDER_PREDICATE, object=who),
             )
             holder[item] = who
@@ -920,9 +1002,19 @@ class _Rules:
                         "time",
                         "major",
                         event.quote,
-                        f"This is day {value:g} of the story, but the story had already "
-                        f"reached day {now:g}; time runs backwards without a flashback.",
-                        "Move the scene later, or mark it as a flashback.",
+                        *self.say(
+                            (
+                                f"This is day {value:g} of the story, but the story had "
+                                f"already reached day {now:g}; time runs backwards without a "
+                                "flashback.",
+                                "Move the scene later, or mark it as a flashback.",
+                            ),
+                            (
+                                f"这里是故事的第{value:g}天，但故事已经到了第{now:g}天；"
+                                "没有闪回，时间却倒流了。",
+                                "把这一场景移到更晚，或标明它是闪回。",
+                            ),
+                        ),
                     )
                 now = value if now is None else max(now, value)
             elif kind == "elapsed":
@@ -946,9 +1038,18 @@ class _Rules:
             "time",
             "major",
             event.quote,
-            f"{name} is {claimed:g} years old here, but born on day {born:g} and with the "
-            f"story at day {now:g}, {name} is {expected:.0f}.",
-            f"Give {name}'s age as {expected:.0f}.",
+            *self.say(
+                (
+                    f"{name} is {claimed:g} years old here, but born on day {born:g} and with "
+                    f"the story at day {now:g}, {name} is {expected:.0f}.",
+                    f"Give {name}'s age as {expected:.0f}.",
+                ),
+                (
+                    f"{name}在这里{claimed:g}岁，但其生于第{born:g}天，故事现在是第{now:g}天，"
+                    f"{name}应为{expected:.0f}岁。",
+                    f"把{name}的年龄写成{expected:.0f}岁。",
+                ),
+            ),
             FactSpec(who, BORN_DAY, value=f"{round(now - claimed_days)}", cause=AUTHOR_CAUSE),
         )
 
@@ -963,23 +1064,41 @@ class _Rules:
                 "time",
                 "major",
                 event.quote,
-                f"{name} is spoken of as past, but it happens on day {when:g} and the story "
-                f"is at day {now:g}.",
-                f"Do not refer to {name} before it happens.",
+                *self.say(
+                    (
+                        f"{name} is spoken of as past, but it happens on day {when:g} and the "
+                        f"story is at day {now:g}.",
+                        f"Do not refer to {name} before it happens.",
+                    ),
+                    (
+                        f"{name}被当作过去的事提起，但它发生在第{when:g}天，而故事才到第{now:g}天。",
+                        f"不要在{name}发生之前提到它。",
+                    ),
+                ),
             )
             return
         actual = now - when
-        unit = UNIT_DAYS[str(getattr(event.claim, "unit", "day"))]
+        unit_name = str(getattr(event.claim, "unit", "day"))
+        unit = UNIT_DAYS[unit_name]
         if abs(claimed - actual) <= max(unit, 0.3 * actual):
             return
         self.find(
             "time",
             "major",
             event.quote,
-            f"This puts {name} {claimed / unit:g} {getattr(event.claim, 'unit', 'day')}(s) "
-            f"ago, but it happened on day {when:g}, {actual:g} days before the story's "
-            f"present (day {now:g}).",
-            f"Date {name} {actual:g} days back.",
+            *self.say(
+                (
+                    f"This puts {name} {claimed / unit:g} {unit_name}(s) ago, but it happened "
+                    f"on day {when:g}, {actual:g} days before the story's present "
+                    f"(day {now:g}).",
+                    f"Date {name} {actual:g} days back.",
+                ),
+                (
+                    f"这里说{name}发生在{claimed / unit:g}{_ZH_UNITS[unit_name]}前，但它发生在"
+                    f"第{when:g}天，距故事的当下（第{now:g}天）已有{actual:g}天。",
+                    f"把{name}的时间改为{actual:g}天前。",
+                ),
+            ),
         )
 
     # --- set-ups ------------------------------------------------------------------
@@ -999,18 +1118,36 @@ class _Rules:
                     "setup",
                     "major",
                     event.quote,
-                    f"This pays off the set-up {setup.key!r} ({setup.description.rstrip('.')}),"
-                    f" which is not planted until chapter {setup.planted_chapter}.",
-                    "Plant it first (here, before the pay-off), or hold the pay-off back.",
+                    *self.say(
+                        (
+                            f"This pays off the set-up {setup.key!r} "
+                            f"({setup.description.rstrip('.')}), which is not planted until "
+                            f"chapter {setup.planted_chapter}.",
+                            "Plant it first (here, before the pay-off), or hold the pay-off back.",
+                        ),
+                        (
+                            f"这里兑现了伏笔“{setup.key}”（{setup.description.rstrip('.。')}），"
+                            f"但它要到第{setup.planted_chapter}章才埋下。",
+                            "先埋下伏笔（在本章兑现之前），或推迟兑现。",
+                        ),
+                    ),
                 )
             elif setup.paid_off_chapter is not None and setup.paid_off_chapter < self.chapter:
                 self.find(
                     "setup",
                     "minor",
                     event.quote,
-                    f"The set-up {setup.key!r} was already paid off in chapter "
-                    f"{setup.paid_off_chapter}.",
-                    "Refer back to that pay-off instead of repeating it.",
+                    *self.say(
+                        (
+                            f"The set-up {setup.key!r} was already paid off in chapter "
+                            f"{setup.paid_off_chapter}.",
+                            "Refer back to that pay-off instead of repeating it.",
+                        ),
+                        (
+                            f"伏笔“{setup.key}”已在第{setup.paid_off_chapter}章兑现过。",
+                            "回指那次兑现，而不是重复它。",
+                        ),
+                    ),
                 )
         promised = {slugify(k) for k in (self.beats.payoff if self.beats else [])}
         for setup in self.world.snapshot.setups:
@@ -1028,13 +1165,27 @@ class _Rules:
                 if late
                 else "is due in this chapter" + (" (the beats promise it)" if promised else "")
             )
+            when_zh = (
+                f"本应在第{setup.due_chapter}章兑现"
+                if late
+                else "应在本章兑现" + ("（章节节拍承诺了它）" if promised else "")
+            )
             self.find(
                 "setup",
                 severity,
                 self._anchor(setup.entities),
-                f"The set-up {setup.key!r} ({setup.description.rstrip('.')}) {when}, and "
-                "the draft does not pay it off (nothing here shows it).",
-                "Show the pay-off in this chapter, or have the director re-plan it.",
+                *self.say(
+                    (
+                        f"The set-up {setup.key!r} ({setup.description.rstrip('.')}) {when}, "
+                        "and the draft does not pay it off (nothing here shows it).",
+                        "Show the pay-off in this chapter, or have the director re-plan it.",
+                    ),
+                    (
+                        f"伏笔“{setup.key}”（{setup.description.rstrip('.。')}）{when_zh}，"
+                        "但草稿没有兑现它（文中看不到）。",
+                        "在本章写出兑现，或请导演重新安排。",
+                    ),
+                ),
             )
 
     def _anchor(self, keys: Iterable[str]) -> str:
@@ -1054,10 +1205,12 @@ def check_claims(
     snapshot: WorldSnapshot,
     chapter: int,
     beats: ChapterBeats | None = None,
+    language: str | None = None,
 ) -> list[Finding]:
     """Every contradiction between ``claims`` (of ``draft``) and the world as it stood
-    before ``chapter``, majors first then in draft order, duplicates removed."""
-    findings = _Rules(draft, claims, snapshot, chapter, beats).run()
+    before ``chapter``, majors first then in draft order, duplicates removed; worded in
+    the book's ``language`` (Chinese, or English for every other)."""
+    findings = _Rules(draft, claims, snapshot, chapter, beats, language).run()
     return _ranked(draft, findings)
 
 
@@ -1098,7 +1251,9 @@ REPETITIONS_REPORTED = 3
 """At most this many repetition findings per draft: the first ones say enough."""
 
 
-def repetition_findings(draft: str, earlier: Sequence[tuple[int, str]] = ()) -> list[Finding]:
+def repetition_findings(
+    draft: str, earlier: Sequence[tuple[int, str]] = (), language: str | None = None
+) -> list[Finding]:
     """Paragraphs that repeat an earlier paragraph of the draft, or a passage of an
     earlier chapter (``earlier``: (chapter, text) pairs): at least half of the
     paragraph's shingles (runs of eight words, or twelve CJK characters) occurred there.
@@ -1114,15 +1269,15 @@ def repetition_findings(draft: str, earlier: Sequence[tuple[int, str]] = ()) -> 
         if not shingles:
             continue
         quote = _clip(next((s for _, s in _sentences(paragraph)), paragraph.strip()))
-        source: str | None = None
+        source: Said | None = None
         for other, known in seen:
             if len(shingles & known) >= REPEAT_SHARE * len(shingles):
-                source = f"paragraph {other} of this chapter"
+                source = (f"paragraph {other} of this chapter", f"本章第{other}段")
                 break
         if source is None:
             for chapter, known in previous_chapters:
                 if len(shingles & known) >= REPEAT_SHARE * len(shingles):
-                    source = f"chapter {chapter}"
+                    source = (f"chapter {chapter}", f"第{chapter}章")
                     break
         seen.append((number, shingles))
         if source is None:
@@ -1133,15 +1288,24 @@ def repetition_findings(draft: str, earlier: Sequence[tuple[int, str]] = ()) -> 
                 "repetition",
                 severity,
                 quote,
-                f"Paragraph {number} repeats {source} nearly word for word.",
-                "Replace the repeated passage with new action that moves the chapter on.",
+                *_say(
+                    language,
+                    (
+                        f"Paragraph {number} repeats {source[0]} nearly word for word.",
+                        "Replace the repeated passage with new action that moves the chapter on.",
+                    ),
+                    (
+                        f"第{number}段几乎逐字重复了{source[1]}。",
+                        "把重复的段落换成推动本章前进的新情节。",
+                    ),
+                ),
             )
         )
     findings.sort(key=lambda f: f.severity != "major")
     return findings[:REPETITIONS_REPORTED]
 
 
-def length_findings(draft: str, target: int) -> list[Finding]:
+def length_findings(draft: str, target: int, language: str | None = None) -> list[Finding]:
     """A draft far from ``target`` (in words, or characters for CJK text): shorter than
     half of it (major) or longer than twice it (minor)."""
     sentences = _sentences(draft)
@@ -1156,8 +1320,17 @@ def length_findings(draft: str, target: int) -> list[Finding]:
                 "length",
                 "major",
                 quote,
-                f"The chapter has {length} {unit}, far short of the target of {target}.",
-                "Develop the beats into full scenes to reach the target length.",
+                *_say(
+                    language,
+                    (
+                        f"The chapter has {length} {unit}, far short of the target of {target}.",
+                        "Develop the beats into full scenes to reach the target length.",
+                    ),
+                    (
+                        f"本章共{length}字，远少于目标的{target}字。",
+                        "把节拍展开成完整的场景，以达到目标长度。",
+                    ),
+                ),
             )
         ]
     if length > LONG_RATIO * target:
@@ -1166,18 +1339,33 @@ def length_findings(draft: str, target: int) -> list[Finding]:
                 "length",
                 "minor",
                 quote,
-                f"The chapter has {length} {unit}, more than twice the target of {target}.",
-                "Tighten the scenes towards the target length.",
+                *_say(
+                    language,
+                    (
+                        f"The chapter has {length} {unit}, more than twice the target of {target}.",
+                        "Tighten the scenes towards the target length.",
+                    ),
+                    (
+                        f"本章共{length}字，超过目标{target}字的两倍。",
+                        "收紧各个场景，向目标长度靠拢。",
+                    ),
+                ),
             )
         ]
     return []
 
 
 def text_findings(
-    draft: str, target: int, earlier: Sequence[tuple[int, str]] = ()
+    draft: str, target: int, earlier: Sequence[tuple[int, str]] = (), language: str | None = None
 ) -> list[Finding]:
     """Repetition and length findings of a draft (no claims needed)."""
-    return _ranked(draft, [*repetition_findings(draft, earlier), *length_findings(draft, target)])
+    return _ranked(
+        draft,
+        [
+            *repetition_findings(draft, earlier, language),
+            *length_findings(draft, target, language),
+        ],
+    )
 
 
 # --- everything a draft is checked for -----------------------------------------------------
@@ -1216,12 +1404,14 @@ def draft_findings(
     *,
     target: int,
     earlier: Sequence[tuple[int, str]] = (),
+    language: str | None = None,
 ) -> list[Finding]:
     """Every finding for a draft: its claims against the world, repetition and length,
-    and the English prose heuristics where they add a sentence the claims did not."""
+    and the English prose heuristics where they add a sentence the claims did not; worded
+    in the book's ``language`` (Chinese, or English for every other)."""
     found = [
-        *check_claims(draft, claims, snapshot, chapter, beats),
-        *text_findings(draft, target, earlier),
+        *check_claims(draft, claims, snapshot, chapter, beats, language),
+        *text_findings(draft, target, earlier, language),
     ]
     quoted = {(f.kind, f.quote) for f in found}
     extra = [

@@ -167,6 +167,7 @@ async def reviewer(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[s
         beats,
         target=ctx.options.words_per_chapter,
         earlier=earlier,
+        language=language_of(state),
     )
     await ctx.store.save_review(
         draft_id, claims.model_dump(mode="json"), [asdict(f) for f in found]

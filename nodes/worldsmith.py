@@ -498,7 +498,13 @@ async def record_chapter_world(
         claims, unread = read.claims, read.unread
         findings = tuple(
             draft_findings(
-                text, claims, snapshot, chapter, beats, target=ctx.options.words_per_chapter
+                text,
+                claims,
+                snapshot,
+                chapter,
+                beats,
+                target=ctx.options.words_per_chapter,
+                language=language,
             )
         )
     changes = claims_to_world(snapshot, chapter, claims, text)

@@ -7,6 +7,7 @@ must be found and no look-alike flagged. The benchmark prints the same figures.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from memory.app.sql import SqlAppStore
 from memory.db import make_engine
 from memory.errors import NotFound
-from memory.text import is_cjk, text_length
+from memory.text import has_cjk, is_cjk, text_length
 from memory.world.port import EntitySpec, FactSpec, WorldChanges
 from memory.world.sql import SqlWorldMemory
 from nodes.integrity import (
@@ -114,6 +115,40 @@ def test_repetition_within_and_across_chapters_is_found() -> None:
     assert [f.kind for f in repetition_findings(f"{cjk}\n\n玛拉下楼了。\n\n{cjk}")] == [
         "repetition"
     ]
+    # A Chinese book's findings are worded in Chinese.
+    [zh] = repetition_findings(f"{cjk}\n\n玛拉下楼了。\n\n{cjk}", language="zh")
+    assert zh.problem == "第3段几乎逐字重复了本章第1段。"
+    [short] = length_findings("玛拉爬上了楼梯。", 400, language="zh-Hans")
+    assert short.problem == "本章共7字，远少于目标的400字。"
+
+
+async def test_findings_of_every_kind_are_worded_in_a_chinese_book_s_language(
+    world: SqlWorldMemory,
+) -> None:
+    english = ("but", "the", "and", "not", "here")
+    worded: set[str] = set()
+    for case in consistency.cases((1,)):
+        if not case.contradiction:
+            continue
+        novel = str(uuid.uuid4())
+        await consistency.build_world(world, novel, case)
+        snapshot = await world.world_as_of(novel, case.chapter)
+        claims = case.draft.chapter_claims()
+        draft = case.draft.text()
+        # The world's names (English here) and the draft's words may be quoted as they are.
+        names = sorted(
+            {n for e in snapshot.entities for n in (e.name, e.key, *e.aliases)}
+            | {t.rstrip(".") for u in snapshot.setups for t in (u.key, u.description)},
+            key=len,
+        )
+        for finding in check_claims(draft, claims, snapshot, case.chapter, language="zh"):
+            for text in (finding.problem, finding.suggestion):
+                for name in [*reversed(names), *re.findall(r"“([^”]*)”", text)]:
+                    text = text.replace(name, "")
+                words = set(re.findall(r"[a-z]+", text))
+                assert has_cjk(text) and not words & set(english), text
+            worded.add(finding.kind)
+    assert worded == set(consistency.KINDS)
 
 
 async def test_claims_of_an_accepted_chapter_are_recorded_in_the_world(

@@ -46,6 +46,17 @@ def language_of(state: dict[str, Any] | Any) -> str | None:
     return language
 
 
+CHAPTER_START: dict[str, Any] = {
+    "draft_id": None,
+    "drafts": 0,
+    "revision": 0,
+    "verdict": None,
+    "notes": None,
+    "chapter_gate": None,
+}
+"""The per-chapter state fields as a chapter starts (set by its plan or the move to it)."""
+
+
 def progress(runtime: Runtime[ScribeContext], agent: str, step: str, **data: Any) -> None:
     """Emit a ``custom`` stream event describing what an agent is doing now."""
     runtime.stream_writer({"agent": agent, "step": step, **data})

@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 
 from graphs.state import NovelState
 from memory.errors import ModelOutputError
-from nodes.common import language_of, novel_id_of, progress
+from nodes.common import CHAPTER_START, language_of, novel_id_of, progress
 from nodes.context import ScribeContext
 from nodes.schemas import (
     Beat,
@@ -168,15 +168,7 @@ async def director_beats(state: NovelState, runtime: Runtime[ScribeContext]) -> 
         # the book going when the model cannot give one (its failed answers are traced).
         beats = outline_beats(chapter, outline[chapter - 1], brief)
         progress(runtime, "director", "beats_from_outline", chapter=chapter, error=exc.message)
-    return {
-        "beats": beats.model_dump(),
-        "draft_id": None,
-        "drafts": 0,
-        "revision": 0,
-        "verdict": None,
-        "notes": None,
-        "chapter_gate": None,
-    }
+    return {"beats": beats.model_dump(), **CHAPTER_START}
 
 
 async def _planned_beats(

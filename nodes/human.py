@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from graphs.state import NovelState
 from memory.errors import InvalidInput
-from nodes.common import language_of, novel_id_of, progress, stable_id
+from nodes.common import CHAPTER_START, language_of, novel_id_of, progress, stable_id
 from nodes.context import ScribeContext
 from nodes.integrity import numbered, with_accepted
 from nodes.schemas import ChapterBeats, ChapterOutline
@@ -177,10 +177,5 @@ async def next_chapter(state: NovelState, runtime: Runtime[ScribeContext]) -> di
     return {
         "chapter": state["chapter"] + 1,
         "beats": None,
-        "draft_id": None,
-        "drafts": 0,
-        "revision": 0,
-        "verdict": None,
-        "notes": None,
-        "chapter_gate": None,
+        **CHAPTER_START,
     }

@@ -20,7 +20,6 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from graphs import routing
-from graphs.state import NovelInput, NovelState
 from nodes.commit import commit_chapter
 from nodes.context import ScribeContext
 from nodes.director import director_beats, director_plan
@@ -28,6 +27,7 @@ from nodes.human import chapter_gate, next_chapter, outline_gate
 from nodes.llm.trace import model_step
 from nodes.reviewer import reviewer
 from nodes.session import finish, intake
+from nodes.state import NovelInput, NovelState
 from nodes.worldsmith import worldsmith_seed, worldsmith_update
 from nodes.writer import writer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from graphs.state import NovelState
+from nodes.state import NovelState
 
 
 def after_outline_gate(state: NovelState) -> Literal["director_plan", "worldsmith_seed"]:

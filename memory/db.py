@@ -5,8 +5,9 @@ One declarative ``Base`` holds every table, so Alembic sees the whole schema.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
@@ -20,7 +21,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-from memory.errors import StorageError
+from errors import StorageError
+
+log = logging.getLogger("scribe.storage")
 
 # Stable constraint names make migrations reproducible on SQLite and Postgres alike.
 NAMING_CONVENTION = {
@@ -45,9 +48,11 @@ def is_sqlite(url: str) -> bool:
 
 def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """An async engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    # hide_parameters: a failed statement's text must never carry its values (password
+    # hashes, emails, prose) into errors or logs.
     if not is_sqlite(url):
-        return create_async_engine(url, echo=echo, pool_pre_ping=True)
-    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        return create_async_engine(url, echo=echo, pool_pre_ping=True, hide_parameters=True)
+    engine = create_async_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 30})
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -60,6 +65,28 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return engine
 
 
+@contextmanager
+def sql_errors(store: str, action: str) -> Iterator[None]:
+    """Turn a database failure of ``store`` doing ``action`` into :class:`StorageError`
+    (HTTP 503).
+
+    The one wrapper of SQL failures. The error names the store's action and the failure's
+    class only: a driver's text can quote statements, values or connection details, and
+    an error's message reaches clients. Operators find the full failure in the log.
+    :class:`IntegrityError` passes through: callers that expect constraint races catch it.
+    """
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as exc:
+        log.warning("%s: cannot %s: %s", store, action, exc)
+        raise StorageError(
+            f"{store}: cannot {action}: the database is unavailable or refused it "
+            f"({type(exc).__name__})"
+        ) from None
+
+
 def utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime (SQLite returns naive ones; all are written in
     UTC, so naive means UTC)."""
@@ -70,7 +97,7 @@ def utc(value: datetime) -> datetime:
 
 class SqlStore:
     """What every SQL adapter shares: an engine (its own or a shared one), transactions
-    that turn database failures into :class:`~memory.errors.StorageError`, migrations on
+    that turn database failures into :class:`~errors.StorageError`, migrations on
     ``setup()`` and disposal on ``close()``. ``label`` names the store in errors."""
 
     label: ClassVar[str] = "sql store"
@@ -94,23 +121,16 @@ class SqlStore:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction; database failures surface as StorageError."""
-        try:
+        with sql_errors(self.label, "complete a transaction"):
             async with self._sessions() as session, session.begin():
                 yield session
-        except IntegrityError:
-            # Callers that expect constraint races catch this themselves.
-            raise
-        except SQLAlchemyError as exc:
-            raise StorageError(f"{self.label}: {exc.__class__.__name__}: {exc}") from exc
 
     async def setup(self) -> None:
         """Apply pending migrations (one schema shared by every SQL store)."""
         from memory.migrate import upgrade_to_head
 
-        try:
+        with sql_errors(self.label, "apply migrations"):
             await upgrade_to_head(self._engine)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"{self.label} migration failed: {exc}") from exc
 
     async def close(self) -> None:
         """Dispose of the engine if this store owns it; a shared engine is left open."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 from alembic import context
 
 import memory.app.tables
-import memory.auth_tables
+import memory.auth.tables
+import memory.runs.tables
 import memory.traces.tables  # registers trace runs and model calls
 import memory.world.tables  # noqa: F401  (registers world tables on Base.metadata)
-import server.runs.tables  # noqa: F401  (registers threads and runs)
 from memory.db import Base
 
 target_metadata = Base.metadata

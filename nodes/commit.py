@@ -6,11 +6,11 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graphs.state import NovelState
-from memory.errors import NotFound, StorageError
+from errors import NotFound, StorageError
 from memory.retrieval.chunking import split_passages
 from nodes.common import novel_id_of, progress
 from nodes.context import ScribeContext
+from nodes.state import NovelState
 
 
 async def commit_chapter(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:

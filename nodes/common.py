@@ -9,7 +9,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from memory.errors import StorageError
+from errors import StorageError
 from nodes.context import ScribeContext
 
 _NAMESPACE = uuid.UUID("5f1d7c1e-7d0b-4f7e-9a53-2b1c0f6f4a10")

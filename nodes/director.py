@@ -6,8 +6,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graphs.state import NovelState
-from memory.errors import ModelOutputError
+from errors import ModelOutputError
 from nodes.common import CHAPTER_START, language_of, novel_id_of, progress
 from nodes.context import ScribeContext
 from nodes.schemas import (
@@ -20,6 +19,7 @@ from nodes.schemas import (
     StoryPlanInput,
     WorldBrief,
 )
+from nodes.state import NovelState
 from nodes.world_view import world_brief
 
 

@@ -16,12 +16,12 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from graphs.state import NovelState
-from memory.errors import InvalidInput
+from errors import InvalidInput
 from nodes.common import CHAPTER_START, language_of, novel_id_of, progress, stable_id
 from nodes.context import ScribeContext
 from nodes.integrity import numbered, with_accepted
 from nodes.schemas import ChapterBeats, ChapterOutline
+from nodes.state import NovelState
 from nodes.worldsmith import accept_findings
 
 MAX_CHAPTER_CHARS = 200_000

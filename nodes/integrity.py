@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from memory.errors import InvalidInput
+from errors import InvalidInput
 from memory.text import SENTENCE_ENDS, is_cjk, text_length, text_units
 from memory.world.port import Entity, FactSpec, Setup, WorldSnapshot
 from nodes import world_view

@@ -7,14 +7,14 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graphs.state import NovelState, ReviewDecision, VerdictState
-from memory.errors import ModelOutputError, StorageError
+from errors import ModelOutputError, StorageError
 from memory.world.port import WorldSnapshot
 from nodes.common import language_of, novel_id_of, progress
 from nodes.consistency import with_findings
 from nodes.context import ScribeContext
 from nodes.integrity import draft_findings
 from nodes.schemas import ChapterBeats, ChapterClaims, ClaimsInput, ReviewInput, Verdict
+from nodes.state import NovelState, ReviewDecision, VerdictState
 from nodes.world_view import chapter_brief
 
 REVIEW_CONSTRAINTS: dict[str, dict[str, Any]] = {

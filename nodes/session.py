@@ -10,11 +10,11 @@ from typing import Any, cast, get_args
 
 from langgraph.runtime import Runtime
 
-from graphs.state import NovelState, PausePoint
-from memory.errors import Conflict, InvalidInput, StorageError
+from errors import Conflict, InvalidInput, StorageError
 from memory.text import is_cjk
 from nodes.common import novel_id_of, progress
 from nodes.context import ScribeContext
+from nodes.state import NovelState, PausePoint
 
 MAX_PREMISE_CHARS = 4000
 MAX_CHAPTERS = 100

@@ -13,9 +13,8 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graphs.state import NovelState
+from errors import InvalidInput
 from memory.app.port import ChapterVersionRecord
-from memory.errors import InvalidInput
 from memory.world.port import (
     ApplyResult,
     EntityKind,
@@ -62,6 +61,7 @@ from nodes.schemas import (
     WorldSeed,
     WorldSeedInput,
 )
+from nodes.state import NovelState
 
 SEED_CHAPTER = 0
 

@@ -6,11 +6,11 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graphs.state import NovelState
 from nodes.common import language_of, novel_id_of, progress, stable_id
 from nodes.context import ScribeContext
 from nodes.llm.answers import word_count
 from nodes.schemas import ChapterBeats, DraftInput, RetrievedPassage, ReviewIssue, StoryBible
+from nodes.state import NovelState
 from nodes.world_view import chapter_brief
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from memory.errors import ConfigurationError, Conflict, InvalidInput, NotFound, ScribeError
+from errors import ConfigurationError, Conflict, InvalidInput, NotFound, ScribeError
 
 if TYPE_CHECKING:
     from memory.traces.port import Budget, TracedRun, TraceStore
@@ -627,8 +627,8 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     import signal
     from contextlib import AsyncExitStack
 
+    from memory.redis import RedisService
     from server.backends import open_backends
-    from server.redis import RedisService
     from server.runs.service import RunService
 
     settings = _settings(args)

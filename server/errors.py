@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from memory.errors import (
+from errors import (
     BudgetExceeded,
     ConfigurationError,
     Conflict,

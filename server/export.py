@@ -20,8 +20,8 @@ from urllib.parse import unquote
 
 from ebooklib import epub
 
+from errors import InvalidInput, StorageError
 from memory.app.port import ChapterRecord
-from memory.errors import InvalidInput, StorageError
 from memory.text import is_cjk
 
 EPUB_MIMETYPE = b"application/epub+zip"

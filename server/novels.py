@@ -24,8 +24,8 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.types import StateSnapshot
 from pydantic import BaseModel, ValidationError
 
+from errors import Conflict, InvalidInput, NotFound
 from graphs.novel import GRAPH_ID
-from graphs.state import PausePoint
 from memory.app.port import (
     AppStore,
     ChapterRecord,
@@ -33,8 +33,8 @@ from memory.app.port import (
     NovelRecord,
     NovelStatus,
 )
-from memory.errors import Conflict, InvalidInput, NotFound
 from memory.retrieval.chunking import split_passages
+from memory.runs.models import MultitaskStrategy, RunKwargs, RunRecord, ThreadRecord, normalise_id
 from memory.world.port import WorldSnapshot
 from nodes.common import language_of, slugify, stable_id
 from nodes.context import ScribeContext
@@ -49,9 +49,9 @@ from nodes.human import (
 )
 from nodes.schemas import ChapterBeats
 from nodes.session import validate_request
+from nodes.state import PausePoint
 from nodes.worldsmith import accept_findings, record_chapter_world
 from server.export import book_to_epub, book_to_markdown
-from server.runs.models import MultitaskStrategy, RunKwargs, RunRecord, ThreadRecord, normalise_id
 from server.runs.serde import jsonable
 from server.runs.service import ASSISTANT_ID, RunRequest, RunService
 from server.sessions import Gate

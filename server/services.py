@@ -5,9 +5,9 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from memory.redis import RedisService
 from server.auth.service import AuthService
 from server.backends import Backends, open_backends
-from server.redis import RedisService
 from server.runs.service import RunService
 from server.settings import Settings
 

@@ -15,13 +15,13 @@ from typing import Any, Literal
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
-from graphs.state import NovelInput
+from errors import BudgetExceeded, Conflict, InvalidInput, NotFound, ScribeError
 from memory.app.port import ChapterRecord, NovelRecord
-from memory.errors import BudgetExceeded, Conflict, InvalidInput, NotFound, ScribeError
 from memory.traces.port import Budget, ReplaySpec
 from nodes.context import ScribeContext
 from nodes.human import parse_chapter_decision, parse_outline_decision
 from nodes.session import BookRequest
+from nodes.state import NovelInput
 from server.backends import Backends
 from server.tracing import live_from_step, replay_agents
 

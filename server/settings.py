@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memory.errors import ConfigurationError
+from errors import ConfigurationError
 from nodes.llm.config import ModelConfig, RetryPolicy
 from nodes.llm.structured import StructuredSetting
 from nodes.schemas import AGENTS, Agent

@@ -367,7 +367,7 @@ def call_line(call: ModelCall) -> dict[str, Any]:
 async def trace_lines(backends: Backends, run_id: str) -> AsyncIterator[dict[str, Any]]:
     """The run as trace lines: the run, then each step followed by its calls.
 
-    Raises :class:`~memory.errors.NotFound` for an unknown run (before the first line).
+    Raises :class:`~errors.NotFound` for an unknown run (before the first line).
     """
     store = backends.tracing.store
     run = await store.get_run(run_id)

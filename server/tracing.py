@@ -16,7 +16,7 @@ from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from memory.errors import InvalidInput, NotFound
+from errors import InvalidInput, NotFound
 from memory.traces.port import (
     Budget,
     ModelCall,

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from errors import Conflict, InvalidInput, NotFound
 from memory.app.sql import SqlAppStore, count_words
 from memory.app.tables import ChapterRow, ChapterVersionRow
 from memory.db import make_engine
-from memory.errors import Conflict, InvalidInput, NotFound
 from server.settings import to_sqlalchemy_url
 
 NOVEL = "00000000-0000-4000-8000-000000000001"

@@ -28,16 +28,16 @@ from argon2 import PasswordHasher
 from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 
-from memory.auth_tables import RefreshTokenRow, UserRow
+from errors import ConfigurationError
+from memory.auth.accounts import SqlAccounts
+from memory.auth.store import RedisTokenStore, SqlTokenStore, TokenStore
+from memory.auth.tables import RefreshTokenRow, UserRow
 from memory.db import make_engine
-from memory.errors import ConfigurationError
 from memory.migrate import upgrade_to_head
+from memory.redis import RedisService
 from server.app import create_app
-from server.auth.accounts import SqlAccounts
 from server.auth.secret import SECRET_FILE, resolve_jwt_secret
-from server.auth.store import RedisTokenStore, SqlTokenStore, TokenStore
 from server.auth.tokens import AUDIENCE, ISSUER, AccessTokens, digest
-from server.redis import RedisService
 from server.settings import Settings, load_settings, to_sqlalchemy_url
 
 SECRET = "test-jwt-secret-" + "s3cr3t" * 8

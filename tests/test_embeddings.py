@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from errors import ConfigurationError, StorageError
 from memory.embeddings.hashing import HashingEmbedder, features, normalise, stem
 from memory.embeddings.openai import OpenAIEmbedder
-from memory.errors import ConfigurationError, StorageError
 
 # --- a small corpus of unrelated scenes ------------------------------------------------
 

@@ -12,8 +12,8 @@ import ebooklib
 import pytest
 from ebooklib import epub
 
+from errors import InvalidInput
 from memory.app.port import ChapterRecord
-from memory.errors import InvalidInput
 from server.export import book_to_epub, book_to_markdown, chapter_heading, validate_epub
 
 XHTML = "{http://www.w3.org/1999/xhtml}"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from errors import NotFound
 from memory.app.sql import SqlAppStore
 from memory.db import make_engine
-from memory.errors import NotFound
 from memory.text import has_cjk, is_cjk, text_length
 from memory.world.port import EntitySpec, FactSpec, WorldChanges
 from memory.world.sql import SqlWorldMemory

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import SystemMessage
 
-from memory.errors import InvalidInput
+from errors import InvalidInput
 from memory.text import is_cjk, text_length
 from nodes.llm.tasks import render_messages
 from nodes.schemas import StoryPlanInput

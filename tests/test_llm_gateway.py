@@ -26,7 +26,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from memory.errors import (
+from errors import (
     ConfigurationError,
     ContextOverflow,
     InvalidInput,

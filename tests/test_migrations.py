@@ -17,10 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import memory.app.tables
-import memory.auth_tables
+import memory.auth.tables
+import memory.runs.tables
 import memory.traces.tables  # registers trace runs and model calls
 import memory.world.tables  # registers the world tables on Base.metadata
-import server.runs.tables  # noqa: F401  (registers threads and runs)
 from memory.db import Base, make_engine
 from memory.migrate import alembic_config, downgrade_to, upgrade_to_head
 from memory.world.tables import AliasRow, EntityRow, FactRow, FixedAttributeRow

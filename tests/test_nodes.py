@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from langgraph.runtime import ExecutionInfo, Runtime
 
-from graphs.state import NovelState
-from memory.errors import InvalidInput
+from errors import InvalidInput
 from nodes.commit import commit_chapter
 from nodes.context import ScribeContext
 from nodes.director import director_beats, director_plan, outline_beats, outline_problems
@@ -25,6 +24,7 @@ from nodes.schemas import (
     WorldBrief,
 )
 from nodes.session import finish, intake
+from nodes.state import NovelState
 from nodes.worldsmith import worldsmith_seed, worldsmith_update
 from nodes.writer import writer
 from server.backends import Backends

@@ -13,7 +13,7 @@ import pytest
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 
-from memory.errors import InvalidInput, ModelUnavailable
+from errors import InvalidInput, ModelUnavailable
 from memory.retrieval.chunking import split_passages
 from memory.world.port import FactSpec, WorldChanges
 from nodes.llm.config import RetryPolicy

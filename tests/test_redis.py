@@ -18,8 +18,8 @@ import pytest
 import redis.exceptions
 from redis.typing import EncodableT, FieldT
 
-from memory.errors import ConfigurationError, InvalidInput, StorageError
-from server.redis import DEFAULT_PREFIX, HealthStatus, RedisService, endpoint_of, redact_url
+from errors import ConfigurationError, InvalidInput, StorageError
+from memory.redis import DEFAULT_PREFIX, HealthStatus, RedisService, endpoint_of, redact_url
 from tests.services.base import free_port
 
 PASSWORD = "Hunter2-s3cr3t-pw"

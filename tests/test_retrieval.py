@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from errors import ConfigurationError, InvalidInput, StorageError
 from memory.embeddings.hashing import HashingEmbedder
 from memory.embeddings.port import Embedder
-from memory.errors import ConfigurationError, InvalidInput, StorageError
 from memory.retrieval.chunking import split_passages
 from memory.retrieval.qdrant import QdrantPassageIndex, collection_name, point_id
 

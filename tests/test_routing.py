@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from graphs import routing
-from graphs.state import NovelState, VerdictState
 from nodes.reviewer import decide, quote_problems
 from nodes.schemas import ReviewIssue, Scores, Verdict
+from nodes.state import NovelState, VerdictState
 
 
 def _verdict(lowest: int, *, major: bool = False) -> Verdict:

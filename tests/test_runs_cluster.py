@@ -50,15 +50,15 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.schema import StreamMode, StreamPart
 
+from errors import NotFound
 from graphs.novel import build_graph
 from memory.app.sql import SqlAppStore
-from memory.errors import NotFound
 from memory.migrate import alembic_config
 from memory.retrieval.chunking import split_passages
 from memory.retrieval.qdrant import QdrantPassageIndex
+from memory.runs.models import RunRecord
+from memory.runs.store import RunStore
 from server.backends import make_embedder
-from server.runs.models import RunRecord
-from server.runs.store import RunStore
 from server.settings import load_settings, to_libpq_url, to_sqlalchemy_url
 from tests.services.base import free_port
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from memory.errors import Conflict, InvalidInput, NotFound
+from errors import Conflict, InvalidInput, NotFound
+from memory.redis import RedisService
+from memory.runs.events import RunEvent
+from memory.runs.models import RunKwargs, RunRecord
 from server.backends import open_backends
-from server.redis import RedisService
-from server.runs.events import RunEvent
-from server.runs.models import RunKwargs, RunRecord
 from server.runs.service import ASSISTANT_ID, RunRequest, RunService
 from server.runs.worker import Worker
 from server.settings import Settings, load_settings

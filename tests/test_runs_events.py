@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from memory.errors import InvalidInput
-from server.redis import RedisService
-from server.runs.events import EventBus, InProcessEventBus, RedisEventBus, RunEvent
+from errors import InvalidInput
+from memory.redis import RedisService
+from memory.runs.events import EventBus, InProcessEventBus, RedisEventBus, RunEvent
 
 
 @pytest.fixture(params=["inproc", "redis"])

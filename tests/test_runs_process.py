@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from errors import NotFound
 from graphs.novel import build_graph
 from memory.app.sql import SqlAppStore
-from memory.errors import NotFound
-from server.runs.models import RunKwargs, RunRecord
+from memory.runs.models import RunKwargs, RunRecord
+from memory.runs.store import RunStore
 from server.runs.service import ASSISTANT_ID
-from server.runs.store import RunStore
 from server.settings import Settings, load_settings
 
 pytestmark = pytest.mark.slow

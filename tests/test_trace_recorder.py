@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from memory.errors import BudgetExceeded, ReplayMissing
+from errors import BudgetExceeded, ReplayMissing
 from memory.traces.port import Budget, ModelCall
 from memory.traces.recorder import ModelPrice, TraceRecorder
 from memory.traces.sql import SqlTraceStore

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from errors import Conflict, InvalidInput, NotFound
 from memory.app.sql import SqlAppStore
 from memory.db import make_engine
-from memory.errors import Conflict, InvalidInput, NotFound
 from memory.traces.port import AgentUsage, Budget, ModelCall, ReplaySpec, RunSource, TracedRun
 from memory.traces.sql import PIPELINE_ORDER, SqlTraceStore
 from memory.traces.tables import ModelCallRow, TraceRunRow

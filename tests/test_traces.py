@@ -23,7 +23,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from memory.errors import NotFound, ReplayMissing
+from errors import NotFound, ReplayMissing
 from memory.traces.port import ModelCall
 from nodes.schemas import AGENTS
 from nodes.session import BookRequest, validate_request

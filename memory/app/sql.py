@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from errors import Conflict, InvalidInput, NotFound, StorageError
 from memory.app.port import (
     AppStore,
     ChapterRecord,
@@ -30,7 +31,6 @@ from memory.app.tables import (
     NovelRow,
 )
 from memory.db import SqlStore, utc
-from memory.errors import Conflict, InvalidInput, NotFound, StorageError
 from memory.text import text_length
 
 _STATUSES: frozenset[str] = frozenset(get_args(NovelStatus))

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from itertools import pairwise
 
+from errors import ConfigurationError
 from memory.embeddings.port import Embedder
-from memory.errors import ConfigurationError
 from memory.text import spaced_cjk
 
 VERSION = "v1"

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import openai
 from openai import AsyncOpenAI
 
+from errors import ConfigurationError, StorageError
 from memory.embeddings.port import Embedder
-from memory.errors import ConfigurationError, StorageError
 
 _TRANSIENT: tuple[type[Exception], ...] = (
     openai.RateLimitError,

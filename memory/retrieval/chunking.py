@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from memory.errors import InvalidInput
+from errors import InvalidInput
 from memory.text import has_cjk, text_length
 
 # A sentence ends at . ! ? or an ellipsis, optionally followed by closing quotes or

@@ -22,8 +22,8 @@ import httpx
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
+from errors import ConfigurationError, StorageError
 from memory.embeddings.port import Embedder
-from memory.errors import ConfigurationError, StorageError
 from memory.retrieval.port import Passage, PassageHit, PassageIndex
 
 # Fixed namespace so point ids are the same in every process and on every machine.

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, replace
 
-from memory.errors import BudgetExceeded, InvalidInput, NotFound, ScribeError
+from errors import BudgetExceeded, InvalidInput, NotFound, ScribeError
 from memory.traces.port import Budget, ModelCall, TraceStore, Usage
 
 log = logging.getLogger("scribe.traces")

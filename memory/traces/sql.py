@@ -16,8 +16,8 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from errors import Conflict, InvalidInput, NotFound, StorageError
 from memory.db import SqlStore, utc
-from memory.errors import Conflict, InvalidInput, NotFound, StorageError
 from memory.traces.port import (
     AgentUsage,
     Budget,

@@ -42,6 +42,7 @@ thousand facts in one row read several times faster than a thousand rows.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -53,7 +54,7 @@ from typing import Any, LiteralString
 from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction, AsyncSession
 from neo4j.exceptions import ConstraintError, DriverError, Neo4jError
 
-from memory.errors import InvalidInput, StorageError
+from errors import InvalidInput, StorageError
 from memory.world.planner import (
     BatchKeys,
     BatchState,
@@ -88,6 +89,8 @@ from memory.world.rules import (
     setups_as_of,
     with_names,
 )
+
+log = logging.getLogger("scribe.storage")
 
 GENERIC_RELATION = "RELATED_TO"
 """The relationship type of a predicate that cannot be a type of its own."""
@@ -327,11 +330,17 @@ async def _execute(tx: AsyncManagedTransaction, query: LiteralString, **params: 
 
 @asynccontextmanager
 async def _storage_errors(action: str) -> AsyncIterator[None]:
-    """Turn driver and server failures into :class:`StorageError`."""
+    """Turn driver and server failures into :class:`StorageError`: the action and the
+    failure's class only, as :func:`memory.db.sql_errors` does; the log has the rest."""
     try:
         yield
     except (Neo4jError, DriverError) as exc:
-        raise StorageError(f"world memory could not {action}: {exc}", action=action) from exc
+        log.warning("world memory: cannot %s: %s", action, exc)
+        raise StorageError(
+            f"world memory could not {action}: Neo4j is unavailable or refused it "
+            f"({type(exc).__name__})",
+            action=action,
+        ) from None
 
 
 def _fact(item: Sequence[Any]) -> Fact:
@@ -727,14 +736,13 @@ class Neo4jWorldMemory(WorldMemory):
             raise InvalidInput("chapter must be 0 or more", chapter=chapter)
 
         async with self._session() as session:
-            try:
-                return await session.execute_write(_apply, novel_id, chapter, changes)
-            except ConstraintError:
-                # A concurrent first apply created the novel's node first; a second pass
-                # waits for its lock and then sees what it wrote.
-                pass
-            except (Neo4jError, DriverError) as exc:
-                raise StorageError(f"world memory could not apply changes: {exc}") from exc
+            async with _storage_errors("apply changes"):
+                try:
+                    return await session.execute_write(_apply, novel_id, chapter, changes)
+                except ConstraintError:
+                    # A concurrent first apply created the novel's node first; a second
+                    # pass waits for its lock and then sees what it wrote.
+                    pass
             async with _storage_errors("apply changes"):
                 return await session.execute_write(_apply, novel_id, chapter, changes)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from memory.errors import InvalidInput
+from errors import InvalidInput
 from memory.world.port import (
     EXCLUSIVE_RELATIONS,
     Entity,

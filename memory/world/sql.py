@@ -28,7 +28,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, delete, insert, or_, sele
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from memory.errors import InvalidInput, StorageError
+from errors import InvalidInput, StorageError
 from memory.migrate import upgrade_to_head
 from memory.world.planner import (
     BatchKeys,

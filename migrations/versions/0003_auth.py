@@ -19,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Create the auth tables (mirrors memory/auth_tables.py)."""
+    """Create the auth tables (mirrors memory/auth/tables.py)."""
     op.create_table(
         "users",
         sa.Column("id", sa.String(length=36), nullable=False),

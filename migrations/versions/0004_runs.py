@@ -19,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Create ``threads`` and ``runs`` (mirrors server/runs/tables.py)."""
+    """Create ``threads`` and ``runs`` (mirrors memory/runs/tables.py)."""
     op.create_table(
         "threads",
         sa.Column("thread_id", sa.String(length=36), nullable=False),

@@ -6,7 +6,7 @@ Before a call the gateway measures the rendered prompt and, when it would not le
 for the answer, drops the task's optional material in a fixed order (least relevant
 passage first, oldest summary first, then places and minor characters of the brief)
 until it fits. What the task cannot do without (the draft under review, the outline)
-is never cut: if the prompt still does not fit, :class:`~memory.errors.ContextOverflow`
+is never cut: if the prompt still does not fit, :class:`~errors.ContextOverflow`
 says by how much.
 
 Token counts are estimates from characters (no tokenizer of the endpoint's model is

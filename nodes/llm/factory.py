@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from memory.errors import ConfigurationError
+from errors import ConfigurationError
 from nodes.llm.config import ModelConfig, RetryPolicy
 from nodes.llm.gateway import ModelGateway
 from nodes.llm.structured import StructuredMode, resolve_mode

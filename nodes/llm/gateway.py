@@ -8,11 +8,11 @@ the engine's error hierarchy:
 
 * transient failures (429, 5xx, timeouts, dropped connections) are retried with
   exponential backoff and full jitter, honouring ``Retry-After``; when they persist the
-  call raises :class:`~memory.errors.ModelUnavailable`;
+  call raises :class:`~errors.ModelUnavailable`;
 * permanent API failures (400, 401, 403, 404, ...) raise
-  :class:`~memory.errors.ModelError` at once;
+  :class:`~errors.ModelError` at once;
 * answers that stay malformed after the repair raise
-  :class:`~memory.errors.ModelOutputError`.
+  :class:`~errors.ModelOutputError`.
 
 ``openai`` and ``httpx`` are never imported here: an exception can only be an instance
 of their classes if the model already imported them, so classification looks the
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, ValidationError
 
-from memory.errors import (
+from errors import (
     ConfigurationError,
     ContextOverflow,
     InvalidInput,

@@ -26,7 +26,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict
 from typing_extensions import override
 
-from memory.errors import ReplayMissing
+from errors import ReplayMissing
 from memory.traces.port import ModelCall
 from nodes.llm.offline import chunks_of
 from nodes.llm.trace import CallKey, CallPlace, current_call

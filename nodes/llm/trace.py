@@ -139,7 +139,7 @@ class CallSink(Protocol):
     """Receives finished calls (off the hot path) and guards run budgets."""
 
     def before_call(self, run_id: str) -> None:
-        """Raise :class:`~memory.errors.BudgetExceeded` when the run may not call again."""
+        """Raise :class:`~errors.BudgetExceeded` when the run may not call again."""
 
     def record(self, call: ModelCall) -> None:
         """Take a finished call; must not block."""

@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
-from memory.auth_tables import API_KEY_NAME_LENGTH
-from memory.errors import InvalidInput
-from server.auth.accounts import ApiKeyRecord, UserRecord
+from errors import InvalidInput
+from memory.auth.accounts import ApiKeyRecord, UserRecord
+from memory.auth.tables import API_KEY_NAME_LENGTH
 from server.auth.deps import optional_access_claims
 from server.auth.passwords import MAX_PASSWORD_LENGTH, password_problem
 from server.auth.service import TokenPair

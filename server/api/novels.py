@@ -17,14 +17,16 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from graphs.state import PausePoint
+from errors import ScribeError
 from memory.app.port import ChapterRecord, ChapterVersionRecord
 from memory.app.sql import count_words
-from memory.errors import ScribeError
+from memory.runs.events import END, RunEvent
+from memory.runs.models import RunRecord
 from memory.world.port import WorldSnapshot
 from nodes.human import MAX_CHAPTER_CHARS
 from nodes.integrity import numbered
 from nodes.session import MAX_CHAPTERS, MAX_GENRE_CHARS, MAX_PREMISE_CHARS
+from nodes.state import PausePoint
 from server.api.langgraph.shapes import HEARTBEAT, run_location, sse_frame
 from server.deps import CurrentUser, Services
 from server.novels import (
@@ -35,8 +37,6 @@ from server.novels import (
     NovelSummary,
     gate_json,
 )
-from server.runs.events import END, RunEvent
-from server.runs.models import RunRecord
 from server.runs.serde import dumps
 from server.runs.service import RunService
 

@@ -18,12 +18,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from memory.errors import InvalidInput, NotFound
+from errors import InvalidInput, NotFound
+from memory.runs.models import normalise_id
 from memory.traces.port import TracedRun
 from server.api.langgraph.deps import Runs
 from server.api.langgraph.shapes import run_location
 from server.deps import CurrentUser
-from server.runs.models import normalise_id
 from server.runs.serde import dumps
 from server.traces import compare_runs, trace_lines
 

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from memory.errors import Unauthenticated
+from errors import Unauthenticated
 from server.auth.principal import Principal
 from server.auth.service import AuthService
 from server.auth.tokens import AccessClaims

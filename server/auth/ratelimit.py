@@ -14,9 +14,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from memory.errors import RateLimited
-from server.auth.storage import redis_errors
-from server.redis import RedisService
+from errors import RateLimited
+from memory.redis import RedisService, redis_errors
 
 _MAX_TRACKED_KEYS = 100_000
 """Past this many keys the in-process limiter drops finished windows (bounded memory)."""
@@ -103,7 +102,7 @@ class RedisRateLimiter(RateLimiter):
     async def hit(self, bucket: str, key: str) -> None:
         """See :meth:`RateLimiter.hit`."""
         window_ms = max(1, int(self.window_s * 1000))
-        with redis_errors("count a rate-limited request"):
+        with redis_errors("auth Redis", "count a rate-limited request"):
             count, ttl_ms = await self._redis.client.eval(
                 _HIT, 1, self._redis.key("auth", "rl", bucket, key), str(window_ms)
             )

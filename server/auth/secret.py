@@ -16,7 +16,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from memory.errors import ConfigurationError
+from errors import ConfigurationError
 from server.auth.tokens import MIN_SECRET_LENGTH
 from server.settings import Settings
 

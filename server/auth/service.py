@@ -20,17 +20,17 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from errors import NotFound, Unauthenticated
+from memory.auth.accounts import ApiKeyRecord, SqlAccounts, UserRecord
+from memory.auth.store import RedisTokenStore, SqlTokenStore, TokenStore
 from memory.db import make_engine
-from memory.errors import NotFound, Unauthenticated
 from memory.migrate import upgrade_to_head
-from server.auth.accounts import ApiKeyRecord, SqlAccounts, UserRecord
+from memory.redis import RedisService
 from server.auth.passwords import Passwords
 from server.auth.principal import Principal
 from server.auth.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, limit_key
 from server.auth.secret import resolve_jwt_secret
-from server.auth.store import RedisTokenStore, SqlTokenStore, TokenStore
 from server.auth.tokens import AccessClaims, AccessTokens, digest, new_refresh_token
-from server.redis import RedisService
 from server.settings import Settings
 
 API_KEY_PREFIX = "sk_scribe_"

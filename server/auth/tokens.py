@@ -22,7 +22,7 @@ from typing import Any
 import jwt
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
-from memory.errors import ConfigurationError, Unauthenticated
+from errors import ConfigurationError, Unauthenticated
 
 ALGORITHM = "HS256"
 ISSUER = "infinitescribe"

@@ -1,6 +1,7 @@
-"""The run engine: threads, a durable run queue in SQL, workers and run events.
+"""Executing runs: the run service the LangGraph-compatible routes call (``service``),
+the workers that execute queued runs with the graph (``worker``), what they share
+(``engine``), gate checks of resume values (``gates``) and event payloads (``serde``).
 
-``store`` keeps threads and runs, ``worker`` executes runs with the graph, ``events``
-carries their stream events (in-process or Redis Streams), ``service`` is what the
-LangGraph-compatible routes call.
+The queue, the threads and the event bus they work on are persistence, in
+:mod:`memory.runs`.
 """

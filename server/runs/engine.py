@@ -12,11 +12,11 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from memory.runs.checkpoints import CheckpointJanitor, janitor_for
+from memory.runs.events import EventBus
+from memory.runs.models import CancelAction
+from memory.runs.store import RunStore
 from server.backends import Backends
-from server.runs.checkpoints import CheckpointJanitor, janitor_for
-from server.runs.events import EventBus
-from server.runs.models import CancelAction
-from server.runs.store import RunStore
 from server.settings import Settings
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from langgraph.types import Interrupt, StateSnapshot
 
-from memory.errors import InvalidInput
+from errors import InvalidInput
 from nodes.human import parse_chapter_decision, parse_outline_decision
 
 

@@ -1,7 +1,7 @@
 """The run service: threads, their state, and durable runs, for one owner at a time.
 
 This is what the LangGraph-compatible routes call. It validates what a run may ask for,
-queues runs (:class:`~server.runs.store.RunStore`), reads and edits thread state through
+queues runs (:class:`~memory.runs.store.RunStore`), reads and edits thread state through
 the graph's checkpointer, waits for runs and replays their events. Workers
 (:class:`~server.runs.worker.Worker`) execute the runs.
 """
@@ -19,17 +19,11 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import InvalidUpdateError
 from langgraph.types import StateSnapshot
 
+from errors import Conflict, InvalidInput, NotFound
 from graphs.novel import GRAPH_ID
-from graphs.state import NovelInput
-from memory.errors import Conflict, InvalidInput, NotFound
-from memory.traces.port import ReplaySpec, TracedRun
-from nodes.session import validate_request
-from server.backends import Backends
-from server.redis import RedisService
-from server.runs.engine import EngineOptions, RunEngine
-from server.runs.events import END, EventBus, InProcessEventBus, RedisEventBus, RunEvent
-from server.runs.gates import check_resume
-from server.runs.models import (
+from memory.redis import RedisService
+from memory.runs.events import END, EventBus, InProcessEventBus, RedisEventBus, RunEvent
+from memory.runs.models import (
     EVENT_OF_GRAPH_MODE,
     GRAPH_MODE_OF,
     STREAM_MODES,
@@ -42,8 +36,14 @@ from server.runs.models import (
     ThreadStatus,
     normalise_id,
 )
+from memory.runs.store import RunStore, ThreadSort
+from memory.traces.port import ReplaySpec, TracedRun
+from nodes.session import validate_request
+from nodes.state import NovelInput
+from server.backends import Backends
+from server.runs.engine import EngineOptions, RunEngine
+from server.runs.gates import check_resume
 from server.runs.serde import dumps, values_with_interrupts
-from server.runs.store import RunStore, ThreadSort
 from server.runs.worker import Worker
 from server.settings import Settings
 from server.tracing import live_from_step, replay_agents
@@ -51,7 +51,7 @@ from server.tracing import live_from_step, replay_agents
 ASSISTANT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, GRAPH_ID))
 """The one assistant's id: LangGraph Server's id for a graph's system assistant."""
 INPUT_KEYS: frozenset[str] = NovelInput.__required_keys__ | NovelInput.__optional_keys__
-"""Every key the novel graph's input may have (one source: graphs.state.NovelInput)."""
+"""Every key the novel graph's input may have (one source: nodes.state.NovelInput)."""
 CONTROL_EVENTS = frozenset({"metadata", "error", END})
 END_GRACE_S = 1.0
 """How long a stream waits for a finished run's own ``end`` before making one up."""

@@ -23,12 +23,9 @@ from typing import Any, Literal
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, Send
 
+from errors import BudgetExceeded, Conflict, NotFound, ScribeError, StorageError
 from graphs.novel import GRAPH_ID
-from memory.errors import BudgetExceeded, Conflict, NotFound, ScribeError, StorageError
-from memory.traces.port import Budget, ReplaySpec, TracedRunStatus
-from server.runs.engine import RunEngine
-from server.runs.gates import check_resume
-from server.runs.models import (
+from memory.runs.models import (
     GRAPH_MODE_OF,
     BaseCheckpoint,
     CancelAction,
@@ -36,6 +33,9 @@ from server.runs.models import (
     RunStatus,
     ThreadStatus,
 )
+from memory.traces.port import Budget, ReplaySpec, TracedRunStatus
+from server.runs.engine import RunEngine
+from server.runs.gates import check_resume
 from server.runs.serde import dumps
 from server.sessions import RECURSION_LIMIT
 

@@ -45,8 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from errors import ScribeError  # noqa: E402
 from memory.db import make_engine  # noqa: E402 - the path above makes the repo importable
-from memory.errors import ScribeError  # noqa: E402
 from memory.world.port import (  # noqa: E402
     EntitySpec,
     FactSpec,

@@ -127,7 +127,7 @@ async def write_book(
 ) -> BookResult:
     """Write one book with ``scribe write`` (a child process, as a user runs it), then read
     its figures back from the stores and traces it left in ``data``."""
-    from memory.errors import ScribeError
+    from errors import ScribeError
     from nodes.llm.budget import estimate_tokens
     from nodes.llm.tasks import TASKS
     from server.backends import open_backends

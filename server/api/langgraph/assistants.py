@@ -23,12 +23,12 @@ from fastapi import APIRouter
 from pydantic import TypeAdapter
 
 from graphs.novel import GRAPH_ID
+from memory.runs.store import contains
 from server.api.langgraph.deps import Runs
 from server.api.langgraph.schemas import AssistantSearch
 from server.api.langgraph.shapes import assistant_json, select
 from server.deps import CurrentUser
 from server.runs.service import resolve_assistant
-from server.runs.store import contains
 
 router = APIRouter(prefix="/assistants", tags=["assistants"])
 log = logging.getLogger("scribe.http")

@@ -19,13 +19,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from memory.errors import ScribeError
+from errors import ScribeError
+from memory.runs.events import END, RunEvent
+from memory.runs.models import RunRecord, RunStatus
 from server.api.langgraph.deps import Runs
 from server.api.langgraph.schemas import RunCreate, run_request
 from server.api.langgraph.shapes import HEARTBEAT, run_json, run_location, select, sse_frame
 from server.deps import CurrentUser
-from server.runs.events import END, RunEvent
-from server.runs.models import RunRecord, RunStatus
 from server.runs.serde import dumps
 from server.runs.service import RunService
 

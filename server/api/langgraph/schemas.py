@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from memory.errors import InvalidInput
-from server.runs.models import RunKwargs, normalise_id
+from errors import InvalidInput
+from memory.runs.models import RunKwargs, normalise_id
 from server.runs.service import RunRequest, resolve_assistant
 from server.tracing import budget_of
 

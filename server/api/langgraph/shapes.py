@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from graphs.novel import GRAPH_ID
-from server.runs.events import RunEvent
-from server.runs.models import RunRecord
+from memory.runs.events import RunEvent
+from memory.runs.models import RunRecord
 from server.runs.serde import interrupts_by_task, jsonable
 from server.runs.service import ASSISTANT_ID, ThreadView
 

@@ -29,8 +29,8 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
 from graphs.novel import build_graph
-from graphs.state import NovelInput, NovelState
 from nodes.context import ScribeContext
+from nodes.state import NovelInput, NovelState
 
 __all__ = ["ContextBoundGraph", "make_graph", "shared_context"]
 

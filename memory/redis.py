@@ -10,19 +10,42 @@ every URL shown to a person goes through :func:`redact_url`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 
-from memory.errors import ConfigurationError, InvalidInput, StorageError
+from errors import ConfigurationError, InvalidInput, StorageError
+
+log = logging.getLogger("scribe.storage")
 
 DEFAULT_PREFIX = "scribe:"
 DEFAULT_PORT = 6379
 MASK = "***"
 _SECRET_QUERY_KEYS = frozenset({"password", "ssl_password"})
+
+
+@contextmanager
+def redis_errors(store: str, action: str) -> Iterator[None]:
+    """Turn a Redis failure of ``store`` doing ``action`` into :class:`StorageError`
+    (HTTP 503).
+
+    Like :func:`memory.db.sql_errors`, the error names the action and the failure's class
+    only (a client's text can carry connection details); the log has the rest.
+    """
+    try:
+        yield
+    except RedisError as exc:
+        log.warning("%s: cannot %s: %s", store, action, exc)
+        raise StorageError(
+            f"{store}: cannot {action}: Redis is unavailable or refused it ({type(exc).__name__})"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,9 @@ from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from memory.auth_tables import RefreshFamilyRow, RefreshTokenRow, RevokedAccessTokenRow
-from memory.db import utc
-from server.auth.storage import redis_errors, sql_errors
-from server.redis import RedisService
+from memory.auth.tables import RefreshFamilyRow, RefreshTokenRow, RevokedAccessTokenRow
+from memory.db import sql_errors, utc
+from memory.redis import RedisService, redis_errors
 
 RotationOutcome = Literal["rotated", "unknown", "expired", "reused", "revoked"]
 
@@ -97,13 +96,13 @@ class SqlTokenStore(TokenStore):
 
     @asynccontextmanager
     async def _begin(self, action: str) -> AsyncIterator[AsyncConnection]:
-        with sql_errors(action):
+        with sql_errors("auth database", action):
             async with self._engine.begin() as conn:
                 yield conn
 
     @asynccontextmanager
     async def _connect(self, action: str) -> AsyncIterator[AsyncConnection]:
-        with sql_errors(action):
+        with sql_errors("auth database", action):
             async with self._engine.connect() as conn:
                 yield conn
 
@@ -312,7 +311,7 @@ class RedisTokenStore(TokenStore):
             "used": "0",
             "expires_at": str(_ms(expires_at)),
         }
-        with redis_errors("store a refresh token"):
+        with redis_errors("auth Redis", "store a refresh token"):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(family_key, mapping={"user_id": user_id, "revoked": "0"})
                 pipe.pexpire(family_key, ttl_ms)
@@ -326,7 +325,7 @@ class RedisTokenStore(TokenStore):
     ) -> Rotation:
         """See :meth:`TokenStore.rotate`."""
         ttl_ms = max(1, _ms(expires_at) - _ms(now))
-        with redis_errors("rotate a refresh token"):
+        with redis_errors("auth Redis", "rotate a refresh token"):
             answer = await self._client.eval(
                 _ROTATE,
                 3,
@@ -344,7 +343,7 @@ class RedisTokenStore(TokenStore):
 
     async def family_of(self, token_hash: str) -> tuple[str, str] | None:
         """See :meth:`TokenStore.family_of`."""
-        with redis_errors("look up a refresh token"):
+        with redis_errors("auth Redis", "look up a refresh token"):
             family_id, user_id = await self._client.hmget(
                 self._token_key(token_hash), ["family_id", "user_id"]
             )
@@ -354,19 +353,19 @@ class RedisTokenStore(TokenStore):
 
     async def revoke_family(self, family_id: str) -> None:
         """See :meth:`TokenStore.revoke_family`."""
-        with redis_errors("revoke a refresh-token family"):
+        with redis_errors("auth Redis", "revoke a refresh-token family"):
             await self._client.eval(_REVOKE, 1, self._family_key(family_id))
 
     async def revoke_access(self, jti: str, expires_at: datetime) -> None:
         """See :meth:`TokenStore.revoke_access`."""
         ttl_ms = _ms(expires_at) - _ms(datetime.now(UTC))
         if ttl_ms > 0:
-            with redis_errors("revoke an access token"):
+            with redis_errors("auth Redis", "revoke an access token"):
                 await self._client.set(self._redis.key("auth", "revoked", jti), "1", px=ttl_ms)
 
     async def access_revoked(self, jti: str) -> bool:
         """See :meth:`TokenStore.access_revoked`."""
-        with redis_errors("check an access token"):
+        with redis_errors("auth Redis", "check an access token"):
             return bool(await self._client.exists(self._redis.key("auth", "revoked", jti)))
 
     async def purge(self, now: datetime) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from memory.errors import ConfigurationError
-from server.runs.models import BaseCheckpoint
+from errors import ConfigurationError
+from memory.runs.models import BaseCheckpoint
 
 WriteKey = tuple[str, int]
 

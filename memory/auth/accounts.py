@@ -16,10 +16,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from memory.auth_tables import ApiKeyRow, UserRow
-from memory.db import utc
-from memory.errors import Conflict
-from server.auth.storage import sql_errors
+from errors import Conflict
+from memory.auth.tables import ApiKeyRow, UserRow
+from memory.db import sql_errors, utc
 
 
 @dataclass(frozen=True)
@@ -83,13 +82,13 @@ class SqlAccounts:
 
     @asynccontextmanager
     async def _begin(self, action: str) -> AsyncIterator[AsyncConnection]:
-        with sql_errors(action):
+        with sql_errors("auth database", action):
             async with self._engine.begin() as conn:
                 yield conn
 
     @asynccontextmanager
     async def _session(self, action: str) -> AsyncIterator[AsyncSession]:
-        with sql_errors(action):
+        with sql_errors("auth database", action):
             async with self._sessions() as session:
                 yield session
 

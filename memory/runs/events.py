@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memory.errors import InvalidInput, StorageError
-from server.redis import RedisService
+from errors import InvalidInput
+from memory.redis import RedisService, redis_errors
 
 END = "end"
 _REDIS_ID = re.compile(r"^\d+-\d+$")
@@ -178,16 +178,12 @@ class RedisEventBus(EventBus):
         if not events:
             return []
         key = self._key(run_id)
-        try:
+        with redis_errors("run events", "publish"):
             async with self._redis.client.pipeline(transaction=False) as pipe:
                 for name, data in events:
                     pipe.xadd(key, {"event": name, "data": data})
                 pipe.pexpire(key, self._ttl_ms)
                 results = await pipe.execute()
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise StorageError(f"cannot publish run events to Redis: {exc}") from exc
         return [str(r) for r in results[: len(events)]]
 
     async def subscribe(
@@ -202,12 +198,10 @@ class RedisEventBus(EventBus):
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         while True:
-            try:
+            with redis_errors("run events", "read"):
                 answer: Any = await self._redis.client.xread(
                     {key: last}, count=READ_BATCH, block=block_ms
                 )
-            except Exception as exc:
-                raise StorageError(f"cannot read run events from Redis: {exc}") from exc
             if not answer:
                 if loop.time() - quiet_since >= wait_s:
                     quiet_since = loop.time()

@@ -19,14 +19,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from sqlalchemy import and_, delete, event, exists, func, or_, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from memory.db import is_sqlite, make_engine
-from memory.errors import Conflict, NotFound, StorageError
+from errors import Conflict, NotFound, StorageError
+from memory.db import is_sqlite, log, make_engine, sql_errors
 from memory.migrate import upgrade_to_head
-from server.runs.models import (
+from memory.runs.models import (
     BaseCheckpoint,
     CancelAction,
     Heartbeat,
@@ -37,7 +37,7 @@ from server.runs.models import (
     ThreadRecord,
     ThreadStatus,
 )
-from server.runs.tables import RunRow, ThreadRow
+from memory.runs.tables import RunRow, ThreadRow
 
 ACTIVE = ("pending", "running")
 CLAIM_CANDIDATES = 20
@@ -142,10 +142,8 @@ class RunStore:
 
     async def setup(self) -> None:
         """Apply pending migrations (idempotent)."""
-        try:
+        with sql_errors("run store", "apply migrations"):
             await upgrade_to_head(self._engine)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"run store migration failed: {exc}") from exc
 
     async def close(self) -> None:
         """Dispose of the engine when this store owns it."""
@@ -155,12 +153,13 @@ class RunStore:
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
         try:
-            async with self._sessions() as session, session.begin():
-                yield session
+            with sql_errors("run store", "complete a transaction"):
+                async with self._sessions() as session, session.begin():
+                    yield session
         except IntegrityError as exc:
-            raise Conflict(f"run store: conflicting write: {exc.orig}") from exc
-        except SQLAlchemyError as exc:
-            raise StorageError(f"run store: {exc.__class__.__name__}: {exc}") from exc
+            # The constraint's text stays in the log: it can quote the row's values.
+            log.info("run store: conflicting write: %s", exc.orig)
+            raise Conflict("run store: a conflicting write (the row changed meanwhile)") from None
 
     # --- threads ------------------------------------------------------------------------
 

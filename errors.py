@@ -55,6 +55,11 @@ class StorageError(ScribeError):
     code = "storage_error"
 
 
+class StoreUnavailable(StorageError):
+    """A store could not be reached, or lost the connection mid-request: the same request
+    can succeed once it is back (a worker gives such a run back rather than failing it)."""
+
+
 class ConfigurationError(ScribeError):
     """Settings are inconsistent or incomplete (e.g. a base URL without a model name)."""
 

@@ -11,8 +11,17 @@ from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
+import asyncpg
+import psycopg
 from sqlalchemy import MetaData, event
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -21,7 +30,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-from errors import StorageError
+from errors import StorageError, StoreUnavailable
 
 log = logging.getLogger("scribe.storage")
 
@@ -65,6 +74,30 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return engine
 
 
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused or reset connections, timeouts: drivers raise these unwrapped
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,  # "the database system is starting up"
+    asyncpg.AdminShutdownError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeout,
+)
+"""Failures that say the database is out of reach now, not that the request is wrong."""
+_SQL_FAILURES: tuple[type[BaseException], ...] = (SQLAlchemyError, *_UNREACHABLE)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means a store is out of reach for now (so the same work can be
+    tried again later), whichever layer raised it: our stores (:class:`StoreUnavailable`)
+    or a driver underneath a library, such as LangGraph's checkpointers."""
+    return isinstance(exc, (StoreUnavailable, *_UNREACHABLE))
+
+
 @contextmanager
 def sql_errors(store: str, action: str) -> Iterator[None]:
     """Turn a database failure of ``store`` doing ``action`` into :class:`StorageError`
@@ -79,9 +112,10 @@ def sql_errors(store: str, action: str) -> Iterator[None]:
         yield
     except IntegrityError:
         raise
-    except SQLAlchemyError as exc:
+    except _SQL_FAILURES as exc:
         log.warning("%s: cannot %s: %s", store, action, exc)
-        raise StorageError(
+        error = StoreUnavailable if unavailable(exc) else StorageError
+        raise error(
             f"{store}: cannot {action}: the database is unavailable or refused it "
             f"({type(exc).__name__})"
         ) from None

@@ -19,9 +19,11 @@ from types import TracebackType
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
-from errors import ConfigurationError, InvalidInput, StorageError
+from errors import ConfigurationError, InvalidInput, StorageError, StoreUnavailable
 
 log = logging.getLogger("scribe.storage")
 
@@ -41,9 +43,10 @@ def redis_errors(store: str, action: str) -> Iterator[None]:
     """
     try:
         yield
-    except RedisError as exc:
+    except (RedisError, OSError) as exc:
         log.warning("%s: cannot %s: %s", store, action, exc)
-        raise StorageError(
+        down = isinstance(exc, RedisConnectionError | RedisTimeout | OSError)
+        raise (StoreUnavailable if down else StorageError)(
             f"{store}: cannot {action}: Redis is unavailable or refused it ({type(exc).__name__})"
         ) from None
 

@@ -19,13 +19,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from errors import InvalidInput
+from errors import InvalidInput, StoreUnavailable
 from memory.redis import RedisService, redis_errors
 
 END = "end"
 _REDIS_ID = re.compile(r"^\d+-\d+$")
 READ_BATCH = 500
 MAX_BLOCK_S = 1.0
+REJOIN_S = 120.0
+"""How long a reader waits for Redis to come back before its stream fails."""
+RETRY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -197,11 +200,25 @@ class RedisEventBus(EventBus):
         block_ms = max(1, int(min(wait_s, MAX_BLOCK_S) * 1000))
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
+        down_since: float | None = None
         while True:
-            with redis_errors("run events", "read"):
-                answer: Any = await self._redis.client.xread(
-                    {key: last}, count=READ_BATCH, block=block_ms
-                )
+            try:
+                with redis_errors("run events", "read"):
+                    answer: Any = await self._redis.client.xread(
+                        {key: last}, count=READ_BATCH, block=block_ms
+                    )
+            except StoreUnavailable:
+                # Redis is restarting: the stream stays open and reads on from the last id
+                # once it is back (a Redis with persistence lost nothing meanwhile).
+                down_since = down_since if down_since is not None else loop.time()
+                if loop.time() - down_since > REJOIN_S:
+                    raise
+                if loop.time() - quiet_since >= wait_s:
+                    quiet_since = loop.time()
+                    yield None
+                await asyncio.sleep(RETRY_S)
+                continue
+            down_since = None
             if not answer:
                 if loop.time() - quiet_since >= wait_s:
                     quiet_since = loop.time()

@@ -52,9 +52,15 @@ from itertools import chain
 from typing import Any, LiteralString
 
 from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction, AsyncSession
-from neo4j.exceptions import ConstraintError, DriverError, Neo4jError
+from neo4j.exceptions import (
+    ConstraintError,
+    DriverError,
+    Neo4jError,
+    ServiceUnavailable,
+    SessionExpired,
+)
 
-from errors import InvalidInput, StorageError
+from errors import InvalidInput, StorageError, StoreUnavailable
 from memory.world.planner import (
     BatchKeys,
     BatchState,
@@ -336,7 +342,8 @@ async def _storage_errors(action: str) -> AsyncIterator[None]:
         yield
     except (Neo4jError, DriverError) as exc:
         log.warning("world memory: cannot %s: %s", action, exc)
-        raise StorageError(
+        down = isinstance(exc, ServiceUnavailable | SessionExpired)
+        raise (StoreUnavailable if down else StorageError)(
             f"world memory could not {action}: Neo4j is unavailable or refused it "
             f"({type(exc).__name__})",
             action=action,

@@ -19,7 +19,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import InvalidUpdateError
 from langgraph.types import StateSnapshot
 
-from errors import Conflict, InvalidInput, NotFound
+from errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from graphs.novel import GRAPH_ID
 from memory.redis import RedisService
 from memory.runs.events import END, EventBus, InProcessEventBus, RedisEventBus, RunEvent
@@ -113,6 +113,8 @@ class RunService:
 
     def __init__(self, engine: RunEngine) -> None:
         self.engine = engine
+        self.workers: list[Worker] = []
+        """The workers this process started (readiness reports on them)."""
 
     @classmethod
     async def open(
@@ -156,6 +158,7 @@ class RunService:
         worker = Worker(self.engine, concurrency=concurrency, worker_id=worker_id)
         stack.push_async_callback(worker.stop)
         await worker.start()
+        self.workers.append(worker)
         return worker
 
     # --- threads ------------------------------------------------------------------------
@@ -590,6 +593,8 @@ class RunService:
                 run: RunRecord | None = await self.store.get_run(tid, rid, owner_id)
             except NotFound:
                 run = None
+            except StoreUnavailable:
+                continue  # the queue's database is away for now: keep the stream open
             if run is not None and not run.finished:
                 ended_at = None
                 continue

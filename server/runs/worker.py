@@ -23,8 +23,16 @@ from typing import Any, Literal
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, Send
 
-from errors import BudgetExceeded, Conflict, NotFound, ScribeError, StorageError
+from errors import (
+    BudgetExceeded,
+    Conflict,
+    NotFound,
+    ScribeError,
+    StorageError,
+    StoreUnavailable,
+)
 from graphs.novel import GRAPH_ID
+from memory.db import unavailable
 from memory.runs.models import (
     GRAPH_MODE_OF,
     BaseCheckpoint,
@@ -42,7 +50,16 @@ from server.sessions import RECURSION_LIMIT
 log = logging.getLogger("scribe.runs")
 
 PUBLISH_BATCH = 256
+REPUBLISH_S = 120.0
+"""How long a run's events wait for the bus to come back before they are dropped."""
+REPUBLISH_RETRY_S = 0.5
+MAX_BACKOFF_S = 30.0
+"""The longest wait between two claims while the queue's store is out of reach."""
 StopReason = Literal["cancel", "lost", "shutdown", "killed"]
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def default_worker_id() -> str:
@@ -67,17 +84,29 @@ class _Publisher:
         self._ready.set()
 
     async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        down_since: float | None = None
         while True:
             await self._ready.wait()
             self._ready.clear()
             while self._pending:
                 batch = self._pending[:PUBLISH_BATCH]
-                del self._pending[:PUBLISH_BATCH]
                 try:
                     await self._engine.bus.publish(self._run_id, batch)
+                except StoreUnavailable as exc:
+                    # The bus is restarting: hold the events (in order) and try again, so
+                    # a client that rejoins with Last-Event-ID misses none.
+                    down_since = down_since if down_since is not None else loop.time()
+                    if loop.time() - down_since <= REPUBLISH_S:
+                        await asyncio.sleep(REPUBLISH_RETRY_S)
+                        continue
+                    log.warning("run %s: %d events lost: %s", self._run_id, len(batch), exc)
                 except ScribeError as exc:
                     # Events are a view of the run; the run itself is in the checkpoints.
                     log.warning("run %s: %d events lost: %s", self._run_id, len(batch), exc)
+                else:
+                    down_since = None
+                del self._pending[:PUBLISH_BATCH]
             if self._closed:
                 return
 
@@ -126,6 +155,8 @@ class Worker:
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._controls: dict[str, _Control] = {}
         self._stopping = False
+        self.claim_failing_since: float | None = None
+        """When claiming runs began to fail (monotonic seconds), while it still fails."""
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -169,15 +200,28 @@ class Worker:
 
     async def _loop(self) -> None:
         options = self.engine.options
+        failures = 0
         while not self._stopping:
             await self._slots.acquire()
             try:
                 run = await self.engine.store.claim(self.worker_id, options.lease_s)
-            except ScribeError as exc:
+            except Exception as exc:
+                # A store outage must not end the loop: the worker keeps trying, more
+                # slowly, and takes up expired leases again once the store is back.
                 self._slots.release()
-                log.warning("worker %s: cannot claim runs: %s", self.worker_id, exc)
-                await asyncio.sleep(options.poll_s)
+                failures += 1
+                self.claim_failing_since = self.claim_failing_since or _now()
+                delay = min(options.poll_s * 2**failures, MAX_BACKOFF_S)
+                log.warning(
+                    "worker %s: cannot claim runs (%s); next try in %.1f s",
+                    self.worker_id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
                 continue
+            failures = 0
+            self.claim_failing_since = None
             if run is None:
                 self._slots.release()
                 await self.engine.wait_for_work(options.poll_s)
@@ -270,7 +314,11 @@ class Worker:
 
     async def _trace_end(self, run: RunRecord, control: _Control, task: asyncio.Task[None]) -> None:
         """Record how the run ended in its trace (not when it moves to another worker)."""
-        if control.reason in ("killed", "lost", "shutdown"):
+        failure = None if task.cancelled() else task.exception()
+        if control.reason in ("killed", "lost", "shutdown") or (
+            failure is not None and unavailable(failure)
+        ):
+            # The run goes on elsewhere (or here, later): its trace is not finished.
             self.engine.backends.tracing.recorder.end_run(run.run_id)
             return
         status: TracedRunStatus
@@ -324,6 +372,19 @@ class Worker:
                 type(refused).__name__,
                 refused.message,
                 thread_status=await self._thread_status_now(run.thread_id),
+            )
+            return
+        if error is not None and unavailable(error):
+            # A store is out of reach: the run is not at fault. It stays leased to no one
+            # once its lease runs out, and a live worker (this one too) takes it up again
+            # from its last checkpoint; its attempts are bounded like a crash's.
+            await publisher.close()
+            log.warning(
+                "worker %s: run %s stopped, a store is out of reach (%s); it resumes once "
+                "its lease expires",
+                self.worker_id,
+                run.run_id,
+                error,
             )
             return
         if isinstance(error, _RunTimedOut):
@@ -487,7 +548,7 @@ class Worker:
                 beat = await self.engine.store.heartbeat(
                     run.run_id, self.worker_id, options.lease_s
                 )
-            except ScribeError as exc:
+            except Exception as exc:
                 log.warning(
                     "worker %s: heartbeat of run %s failed: %s", self.worker_id, run.run_id, exc
                 )

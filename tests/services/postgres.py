@@ -88,6 +88,73 @@ def start(workdir: Path) -> Running:
     )
 
 
+class Outages:
+    """Outages of a cluster started here, for fault-injection tests: stop it, kill its
+    postmaster, start it again on the same port with its data."""
+
+    def __init__(self, running: Running) -> None:
+        if not running.started_here:
+            raise ServiceUnavailable(
+                f"outages need a cluster started by the tests, not {URL_ENV}'s server"
+            )
+        binaries = _find_binaries()
+        if binaries is None:
+            raise ServiceUnavailable("PostgreSQL's binaries are gone")
+        self._binaries = binaries
+        self._root = Path(str(running.extra["cluster"]))
+
+    @property
+    def _data(self) -> Path:
+        return self._root / "data"
+
+    def stop(self) -> None:
+        """Stop the server at once (``-m immediate``: no clean shutdown, like a crash)."""
+        _run(
+            _as_server_user(
+                [self._binaries.pg_ctl, "stop", "-m", "immediate", "-w", "-D", str(self._data)]
+            ),
+            "pg_ctl stop",
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster (its backends notice and exit on their own)."""
+        pid = int((self._data / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, 9)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        """Start it again (same port, same data); retried while killed backends linger."""
+        log = self._root / "server.log"
+        last = ""
+        for _ in range(20):
+            result = subprocess.run(
+                _as_server_user(
+                    [
+                        self._binaries.pg_ctl,
+                        "start",
+                        "-w",
+                        "-t",
+                        "60",
+                        "-D",
+                        str(self._data),
+                        "-l",
+                        str(log),
+                    ]
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+            if result.returncode == 0:
+                return
+            last = _tail(log) or result.stderr.strip()
+            time.sleep(0.5)
+        raise ServiceUnavailable(f"pg_ctl start failed after an outage: {last}")
+
+
 def create_database(server_url: str) -> str:
     """Create an empty database ``test_<uuid hex>`` and return its URL (same server, user)."""
     name = f"test_{uuid.uuid4().hex}"

@@ -69,6 +69,37 @@ def start(workdir: Path) -> Running:
     raise ServiceUnavailable(f"redis-server did not start in {_START_ATTEMPTS} tries: {last_error}")
 
 
+class PersistentServer:
+    """A ``redis-server`` of its own with an append-only file, as deployments run it
+    (``docker-compose.yml``), that fault-injection tests restart on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._binary, _ = _find_or_install()
+        self._root = workdir / "redis-aof"
+        self._root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        process = _spawn(self._binary, self.port, self._root, persistent=True)
+        error = _wait_ready(process, self.url, self._root / "redis.log")
+        if error is not None:
+            _terminate(process)
+            raise ServiceUnavailable(f"persistent redis-server did not start: {error}")
+        return process
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """SIGTERM (Redis writes its append-only file and exits), wait, start again."""
+        _terminate(self._process)
+        time.sleep(down_s)
+        self._process = self._spawn()
+
+    def stop(self) -> None:
+        """Stop the server; its files stay under the test's workdir."""
+        _terminate(self._process)
+
+
 def database_url(server_url: str, db: int) -> str:
     """``server_url`` pointing at logical database ``db``."""
     parts = urlsplit(server_url)
@@ -135,7 +166,9 @@ def _find_binary() -> str | None:
     return str(debian) if debian.exists() else None
 
 
-def _spawn(binary: str, port: int, root: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    binary: str, port: int, root: Path, *, persistent: bool = False
+) -> subprocess.Popen[bytes]:
     args = [
         binary,
         "--port",
@@ -145,7 +178,7 @@ def _spawn(binary: str, port: int, root: Path) -> subprocess.Popen[bytes]:
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes" if persistent else "no",
         "--daemonize",
         "no",
         "--dir",

@@ -60,6 +60,13 @@ class StoreUnavailable(StorageError):
     can succeed once it is back (a worker gives such a run back rather than failing it)."""
 
 
+class RunFailed(ScribeError):
+    """A run ended in error without an error of its own to report (its engine failed,
+    or it ran out of time); the message says why."""
+
+    code = "run_failed"
+
+
 class ConfigurationError(ScribeError):
     """Settings are inconsistent or incomplete (e.g. a base URL without a model name)."""
 

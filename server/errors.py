@@ -22,6 +22,7 @@ from errors import (
     ModelUnavailable,
     NotFound,
     RateLimited,
+    RunFailed,
     ScribeError,
     StorageError,
     Unauthenticated,
@@ -40,6 +41,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ScribeError], int], ...] = (
     (ModelUnavailable, 503),
     (ModelError, 502),
     (ConfigurationError, 500),
+    (RunFailed, 500),
     (StorageError, 503),
 )
 

@@ -1,33 +1,35 @@
-"""Writing sessions: start, resume and inspect runs of the ``novel`` graph.
+"""Writing sessions, the CLI's view of novels: start, resume, replay and inspect them.
 
-This is the application service shared by the CLI and (later) the HTTP API. A session id
-is a UUID and is also the LangGraph thread id.
+A session id is a UUID: the novel's id and its thread's. Its runs are queued and executed
+through the run service like the API's (:mod:`server.runs`), in the CLI's own process.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Callable, Collection, Sequence
-from contextlib import suppress
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.types import Command
 
-from errors import BudgetExceeded, Conflict, InvalidInput, NotFound, ScribeError
+from errors import BudgetExceeded, Conflict, InvalidInput, NotFound, RunFailed
 from memory.app.port import ChapterRecord, NovelRecord
-from memory.traces.port import Budget, ReplaySpec
-from nodes.context import ScribeContext
+from memory.runs.events import RunEvent
+from memory.runs.models import RunKwargs
+from memory.traces.port import Budget
 from nodes.human import parse_chapter_decision, parse_outline_decision
 from nodes.session import BookRequest
 from nodes.state import NovelInput
 from server.backends import Backends
-from server.tracing import live_from_step, replay_agents
+from server.runs.engine import LOCAL_OWNER, RECURSION_LIMIT
+from server.runs.service import ASSISTANT_ID, Executed, RunRequest, RunService
 
 ProgressSink = Callable[[dict[str, Any]], None]
-_COMMAND_KEYS = frozenset({"resume", "update", "goto"})
-RECURSION_LIMIT = 100_000  # a step budget, not a loop guard: routing bounds every loop
+STREAM = ("custom",)
+"""What the CLI follows of a run: the nodes' progress events."""
 
 
 @dataclass(frozen=True)
@@ -71,15 +73,30 @@ def thread_config(session_id: str) -> RunnableConfig:
 
 
 class Sessions:
-    """Start, resume and inspect writing sessions on open backends."""
+    """Start, resume and inspect writing sessions: the CLI's application service.
 
-    def __init__(self, backends: Backends) -> None:
+    A session's runs go through the run service and execute with the workers' code, in
+    this process (:meth:`RunService.execute`), exactly as the API's runs do: one executor.
+    """
+
+    def __init__(self, backends: Backends, runs: RunService | None = None) -> None:
         self._b = backends
+        self._runs = runs
 
     @staticmethod
     def new_id() -> str:
         """A fresh session id (also the thread id)."""
         return str(uuid.uuid4())
+
+    @asynccontextmanager
+    async def _service(self) -> AsyncIterator[RunService]:
+        """The run service: the one given, or one opened on the backends for this call
+        (its queue in the same database, its events in this process)."""
+        if self._runs is not None:
+            yield self._runs
+            return
+        async with AsyncExitStack() as stack:
+            yield await RunService.open(self._b.settings, self._b, None, stack)
 
     async def start(
         self,
@@ -102,7 +119,7 @@ class Sessions:
             "language": request.language,
             "pause_after": list(request.pause_after),
         }
-        return await self._run(session_id, [(inputs, None)], on_progress, budget=budget)
+        return await self._execute(session_id, _kwargs(budget, input=dict(inputs)), on_progress)
 
     async def gate(self, session_id: str) -> Gate | None:
         """The gate the session waits at, if it is paused."""
@@ -122,7 +139,7 @@ class Sessions:
         budget: Budget | None = None,
     ) -> RunResult:
         """Continue a session: answer its gate with ``decision``, or (with ``None``) carry on
-        from the last checkpoint after a crash. Bad decisions change nothing."""
+        from the last checkpoint after a crash or Ctrl-C. Bad decisions change nothing."""
         record = await self._b.store.get_novel(session_id)
         if record.status == "completed":
             raise Conflict(f"session {session_id} is already completed", session=session_id)
@@ -137,8 +154,8 @@ class Sessions:
                 parse_outline_decision(decision)
             else:
                 parse_chapter_decision(decision, gate.payload)
-            return await self._run(
-                session_id, [(None, {"resume": decision})], on_progress, budget=budget
+            return await self._execute(
+                session_id, _kwargs(budget, command={"resume": decision}), on_progress
             )
         if decision is not None:
             raise Conflict(
@@ -148,11 +165,19 @@ class Sessions:
         if not snapshot.next and snapshot.values.get("done"):
             await self._b.store.update_novel(session_id, status="completed")
             raise Conflict(f"session {session_id} is already completed", session=session_id)
+        # A run stopped by Ctrl-C, or whose process died, is taken up where it stopped.
+        async with self._service() as runs:
+            try:
+                unfinished = await runs.resume_here(LOCAL_OWNER, session_id, _progress(on_progress))
+            except NotFound:
+                unfinished = None  # a session from before runs were queued: no thread row
+        if unfinished is not None:
+            return await self._result(session_id, unfinished)
         # No checkpoint yet (crashed before the first step): start again from the request.
-        inputs: NovelInput | None = None
+        inputs: dict[str, Any] | None = None
         if not snapshot.values:
             inputs = {"premise": record.premise, "chapters": record.chapters, "genre": record.genre}
-        return await self._run(session_id, [(inputs, None)], on_progress, budget=budget)
+        return await self._execute(session_id, _kwargs(budget, input=inputs), on_progress)
 
     async def replay(
         self,
@@ -167,105 +192,58 @@ class Sessions:
         """Re-execute a recorded run on a new session (``session_id``, or a fresh one):
         answers of recorded agents (all by default) come from the records, the others from
         their configured model (from the step after ``from_checkpoint_id`` when given)."""
-        tracing = self._b.tracing
         try:
-            source = await tracing.store.get_run(parse_run_id(source_run_id))
+            source = await self._b.tracing.store.get_run(parse_run_id(source_run_id))
         except NotFound as exc:
             raise NotFound("run", source_run_id, f"no recorded run {source_run_id}") from exc
-        spec = ReplaySpec(
-            source_run_id=source.run_id,
-            recorded_agents=replay_agents(recorded, live),
-            live_from_step=await live_from_step(
-                self._b.checkpointer, source.thread_id, from_checkpoint_id
-            ),
-            from_checkpoint_id=from_checkpoint_id,
-        )
-        steps = await tracing.replay_steps(source.run_id)
-        return await self._run(
-            session_id or self.new_id(),
-            [(step.input, step.command) for step in steps],
-            on_progress,
-            replay=spec,
-        )
+        async with self._service() as runs:
+            thread_id, request = await runs.replay_request(
+                LOCAL_OWNER,
+                source,
+                recorded=recorded,
+                live=live,
+                from_checkpoint_id=from_checkpoint_id,
+                stream_mode=STREAM,
+                thread_id=session_id or self.new_id(),
+            )
+            executed = await runs.execute(
+                LOCAL_OWNER,
+                thread_id,
+                replace(request, multitask_strategy="reject"),
+                _progress(on_progress),
+            )
+        return await self._result(thread_id, executed)
 
-    async def _run(
-        self,
-        session_id: str,
-        steps: Sequence[tuple[Any, dict[str, Any] | None]],
-        on_progress: ProgressSink | None,
-        *,
-        budget: Budget | None = None,
-        replay: ReplaySpec | None = None,
+    async def _execute(
+        self, session_id: str, kwargs: RunKwargs, on_progress: ProgressSink | None
     ) -> RunResult:
-        """One traced run: each (input, command) of ``steps`` in turn (several only for a
-        replay, which re-executes a thread's runs)."""
-        config = thread_config(session_id)
-        run_id = str(uuid.uuid4())
-        config["metadata"] = {"run_id": run_id, "thread_id": session_id}
-        store = self._b.store
-        tracing = self._b.tracing
-        with suppress(NotFound):
-            await store.update_novel(session_id, status="running")
-        head = await self._b.graph.aget_state(thread_config(session_id))
-        first_input, first_command = steps[0] if steps else (None, None)
-        await tracing.begin(
-            run_id=run_id,
-            thread_id=session_id,
-            owner_id=None,
-            source="replay" if replay else "cli",
-            input=first_input,
-            command=first_command,
-            start_checkpoint_id=(head.config.get("configurable") or {}).get("checkpoint_id")
-            if head.values
-            else None,
-            budget=budget,
-            replay=replay,
+        """One run of the session, queued and executed here."""
+        request = RunRequest(
+            assistant_id=ASSISTANT_ID,
+            kwargs=kwargs,
+            metadata={},
+            multitask_strategy="reject",
+            if_not_exists="create",
         )
-        context = await tracing.context_for(self._b.context, replay)
-        try:
-            for graph_input, command in steps:
-                await self._stream(graph_input, command, config, context, on_progress)
-        except BudgetExceeded as exc:
-            await tracing.end(run_id, "budget_exceeded", exc.message)
-            with suppress(NotFound):
-                await store.update_novel(session_id, status="paused")
-            return RunResult(session_id, "stopped", None, run_id, exc.message)
-        except BaseException as exc:
-            reason = exc.message if isinstance(exc, ScribeError) else f"{type(exc).__name__}: {exc}"
-            await tracing.end(run_id, "error", reason)
-            if isinstance(exc, Exception):
-                with suppress(NotFound):
-                    await store.update_novel(session_id, status="failed", error=reason)
-            raise
+        async with self._service() as runs:
+            executed = await runs.execute(LOCAL_OWNER, session_id, request, _progress(on_progress))
+        return await self._result(session_id, executed)
+
+    async def _result(self, session_id: str, executed: Executed) -> RunResult:
+        """How the run ended, for the CLI; the graph's own error is raised as it was."""
+        run, error = executed.run, executed.error
+        if isinstance(error, BudgetExceeded):
+            return RunResult(session_id, "stopped", None, run.run_id, error.message)
+        if error is not None:
+            raise error
+        if run.status in ("error", "timeout"):
+            _, _, message = (run.error or "RunFailed: the run failed").partition(": ")
+            raise RunFailed(message or "the run failed", run_id=run.run_id)
         gate = await self.gate(session_id)
         if gate is not None:
-            await tracing.end(run_id, "interrupted", f"paused at the {gate.kind}")
-            await store.update_novel(session_id, status="paused")
-            return RunResult(session_id, "paused", gate, run_id)
-        await tracing.end(run_id, "success")
-        record = await store.get_novel(session_id)
-        return RunResult(session_id, record.status, None, run_id)
-
-    async def _stream(
-        self,
-        graph_input: Any,
-        command: dict[str, Any] | None,
-        config: RunnableConfig,
-        context: ScribeContext,
-        on_progress: ProgressSink | None,
-    ) -> None:
-        payload: NovelInput | Command[Any] | None = graph_input
-        if command is not None:
-            payload = Command(**{k: v for k, v in command.items() if k in _COMMAND_KEYS})
-        async for chunk in self._b.graph.astream(
-            payload,
-            config,
-            context=context,
-            stream_mode="custom",
-            durability="sync",
-        ):
-            if on_progress is not None and isinstance(chunk, dict):
-                on_progress(chunk)
+            return RunResult(session_id, "paused", gate, run.run_id)
+        record = await self._b.store.get_novel(session_id)
+        return RunResult(session_id, record.status, None, run.run_id)
 
     async def list_sessions(self) -> list[NovelRecord]:
         """Every session, newest first."""
@@ -287,3 +265,23 @@ class Sessions:
             return await self._b.store.get_novel(session_id)
         except NotFound as exc:
             raise NotFound("session", session_id, f"no session {session_id}") from exc
+
+
+def _kwargs(budget: Budget | None, **fields: Any) -> RunKwargs:
+    return RunKwargs(
+        stream_mode=STREAM, budget=budget.to_json() if budget is not None else None, **fields
+    )
+
+
+def _progress(sink: ProgressSink | None) -> Callable[[RunEvent], None] | None:
+    """The run's progress events (``custom``), decoded, for ``sink``."""
+    if sink is None:
+        return None
+
+    def forward(event: RunEvent) -> None:
+        if event.event == "custom":
+            chunk = json.loads(event.data)
+            if isinstance(chunk, dict):
+                sink(chunk)
+
+    return forward

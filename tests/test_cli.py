@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -183,14 +184,27 @@ def _chapters_in_db(db: Path) -> list[int]:
         return []
 
 
-@pytest.mark.slow
-def test_killed_mid_chapter_then_resume_finishes_the_book(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class Writing:
+    """``scribe write`` running in a child process, past its first chapter."""
+
+    proc: subprocess.Popen[str]
+    session_id: str
+    data: Path
+    env: dict[str, str]
+    cmd: list[str]
+
+    def parts(self) -> tuple[subprocess.Popen[str], str, Path, dict[str, str], list[str]]:
+        return self.proc, self.session_id, self.data, self.env, self.cmd
+
+
+def _write_until_chapter_one(tmp_path: Path, chapters: int) -> Writing:
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCRIBE_", "OPENAI_"))}
     env.update({"SCRIBE_DATA_DIR": str(data), "SCRIBE_OFFLINE_TOKENS_PER_SECOND": "400"})
     cmd = [sys.executable, "-m", "server.cli"]
     proc = subprocess.Popen(
-        [*cmd, "write", "--premise", PREMISE, "--chapters", "3", "--genre", "fantasy"],
+        [*cmd, "write", "--premise", PREMISE, "--chapters", str(chapters), "--genre", "fantasy"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -200,9 +214,16 @@ def test_killed_mid_chapter_then_resume_finishes_the_book(tmp_path: Path) -> Non
     session_id = proc.stdout.readline().strip() if proc.stdout else ""
     deadline = time.monotonic() + 120
     while _chapters_in_db(data / "scribe.db") != [1]:
-        assert proc.poll() is None, "the run ended before it could be killed"
+        assert proc.poll() is None, "the run ended before it could be stopped"
         assert time.monotonic() < deadline, "chapter 1 was never accepted"
         time.sleep(0.05)
+    return Writing(proc, session_id, data, env, cmd)
+
+
+@pytest.mark.slow
+def test_killed_mid_chapter_then_resume_finishes_the_book(tmp_path: Path) -> None:
+    writing = _write_until_chapter_one(tmp_path, 3)
+    proc, session_id, data, env, cmd = writing.parts()
     time.sleep(1.0)  # chapter 2 is being planned or drafted now
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -227,6 +248,38 @@ def test_killed_mid_chapter_then_resume_finishes_the_book(tmp_path: Path) -> Non
     assert status == "completed"
     book = Path(done.stdout.strip().splitlines()[-1]).read_text()
     assert book.count("\n## ") == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_hands_the_run_back_and_resume_goes_on_at_once(tmp_path: Path) -> None:
+    """Ctrl-C stops the run where it is and gives it back to the queue, so ``scribe
+    resume`` takes the same run up again at once (no lease to wait out)."""
+    writing = _write_until_chapter_one(tmp_path, 2)
+    proc, session_id, data, env, cmd = writing.parts()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "scribe resume SESSION" in stderr
+    with sqlite3.connect(data / "scribe.db") as conn:
+        (run_id, status, attempts) = conn.execute(
+            "SELECT run_id, status, attempts FROM runs WHERE thread_id = ?", (session_id,)
+        ).fetchone()
+    assert status == "pending", "handed back to the queue"
+    assert attempts == 0, "a run handed back does not count as a crashed attempt"
+
+    started = time.monotonic()
+    done = subprocess.run(
+        [*cmd, "resume", session_id], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(data / "scribe.db") as conn:
+        runs = conn.execute(
+            "SELECT run_id, status FROM runs WHERE thread_id = ?", (session_id,)
+        ).fetchall()
+        numbers = [r[0] for r in conn.execute("SELECT number FROM chapters ORDER BY number")]
+    assert runs == [(run_id, "success")], "the same run went on, no second one"
+    assert numbers == [1, 2]
+    assert time.monotonic() - started < 120
 
 
 @pytest.mark.parametrize(

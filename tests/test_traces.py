@@ -413,6 +413,35 @@ async def test_a_replay_needing_an_unrecorded_call_names_the_agent_and_call(
         assert reviews[0].structured is not None and reviews[0].replayed_from is None
 
 
+async def test_a_replay_cut_off_mid_book_goes_on_with_resume(cli_book: Book) -> None:
+    """A CLI replay stopped mid-book (Ctrl-C, a crash) is the same queued run as an API
+    replay: ``resume`` finishes it from its last checkpoint and replay step."""
+    slow = _settings(cli_book.data, offline_tokens_per_second=300.0)
+    async with open_backends(slow) as backends:
+        sessions = Sessions(backends)
+        session_id = sessions.new_id()
+        replaying = asyncio.create_task(
+            sessions.replay(cli_book.run_id, live=["writer"], session_id=session_id)
+        )
+        async with asyncio.timeout(TIMEOUT_S):
+            while len(await backends.store.list_chapters(session_id)) < 1:
+                assert not replaying.done(), replaying
+                await asyncio.sleep(0.05)
+        replaying.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await replaying
+        assert [c.number for c in await backends.store.list_chapters(session_id)] == [1]
+
+        result = await sessions.resume(session_id, None)
+        assert result.status == "completed"
+        chapters = await backends.store.list_chapters(session_id)
+        source = await backends.store.list_chapters(cli_book.session_id)
+        assert [(c.number, c.text) for c in chapters] == [(c.number, c.text) for c in source]
+        [run] = await backends.tracing.store.thread_runs(session_id)
+        assert run.run_id == result.run_id and run.source == "replay"
+        assert run.status == "success"
+
+
 async def test_replay_from_a_checkpoint_goes_live_after_it(cli_book: Book) -> None:
     strict = _settings(cli_book.data, reviewer={"model": "offline:strict"})
     async with open_backends(strict) as backends:

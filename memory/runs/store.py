@@ -311,6 +311,7 @@ class RunStore:
         if_not_exists: Literal["create", "reject"],
         after_seconds: float = 0.0,
         thread_metadata: dict[str, Any] | None = None,
+        claimed_by: tuple[str, float] | None = None,
     ) -> tuple[RunRecord, list[RunRecord]]:
         """Queue a run; returns it and the active runs the strategy asked to stop.
 
@@ -318,6 +319,10 @@ class RunStore:
         behind them; ``interrupt``/``rollback`` flag them with that cancel action (a
         pending one is interrupted or deleted right here) and queue the new run, which
         no worker starts before the thread's running run has actually stopped.
+
+        ``claimed_by`` (worker id, lease seconds) creates the run already claimed by that
+        worker, for a process that executes it itself at once (the CLI): no other worker
+        can take it first. It needs a thread with no active run.
         """
         now = utcnow()
         async with self._tx() as s:
@@ -348,7 +353,7 @@ class RunStore:
             ).all()
             stopped: list[RunRecord] = []
             if active:
-                if multitask_strategy == "reject":
+                if multitask_strategy == "reject" or claimed_by is not None:
                     raise Conflict(
                         f"thread {thread_id} is busy with run {active[0].run_id}; "
                         "use multitask_strategy enqueue, interrupt or rollback",
@@ -377,6 +382,17 @@ class RunStore:
                 attempts=0,
                 error=None,
             )
+            if claimed_by is not None:
+                worker_id, lease_s = claimed_by
+                row.status = "running"
+                row.worker_id = worker_id
+                row.attempts = 1
+                row.heartbeat_at = now
+                row.lease_expires_at = now + timedelta(seconds=lease_s)
+                thread = thread or await s.get(ThreadRow, thread_id)
+                if thread is not None:
+                    thread.status = "busy"
+                    thread.updated_at = now
             s.add(row)
             await s.flush()
             return _run(row), stopped
@@ -476,18 +492,31 @@ class RunStore:
 
     # --- runs: the worker's side --------------------------------------------------------
 
-    async def claim(self, worker_id: str, lease_s: float) -> RunRecord | None:
-        """Take the next run to execute, or None.
+    async def claim(
+        self,
+        worker_id: str,
+        lease_s: float,
+        *,
+        run_id: str | None = None,
+        dead_worker: str | None = None,
+    ) -> RunRecord | None:
+        """Take the next run to execute (or the run ``run_id`` only), or None.
 
         Candidates are due pending runs and running runs whose lease expired, oldest
         first. A candidate is taken only when its thread has no other running run and,
         for a pending run, no older due pending run (runs of a thread go in order).
+        ``dead_worker`` names a worker known to be dead (its process is gone): its runs
+        are taken at once, their leases notwithstanding.
         """
         now = utcnow()
         due = or_(
             and_(RunRow.status == "pending", RunRow.not_before <= now),
             and_(RunRow.status == "running", RunRow.lease_expires_at < now),
         )
+        if dead_worker is not None:
+            due = or_(due, and_(RunRow.status == "running", RunRow.worker_id == dead_worker))
+        if run_id is not None:
+            due = and_(due, RunRow.run_id == run_id)
         async with self._tx() as s:
             candidates = (
                 await s.scalars(
@@ -641,7 +670,8 @@ class RunStore:
 
     async def release(self, run_id: str, worker_id: str) -> bool:
         """Give a run back to the queue (graceful shutdown): another worker continues it
-        from its last checkpoint."""
+        from its last checkpoint. A run handed back was not a crash, so its attempt does
+        not count towards the limit of reclaims."""
         async with self._tx() as s:
             result = await s.execute(
                 update(RunRow)
@@ -654,6 +684,7 @@ class RunStore:
                     status="pending",
                     worker_id=None,
                     lease_expires_at=None,
+                    attempts=RunRow.attempts - 1,
                     updated_at=utcnow(),
                 )
             )

@@ -19,6 +19,11 @@ from memory.runs.store import RunStore
 from server.backends import Backends
 from server.settings import Settings
 
+RECURSION_LIMIT = 100_000
+"""Graph steps per run: a step budget, not a loop guard (routing bounds every loop)."""
+LOCAL_OWNER = "local"
+"""The owner of threads and runs started at the machine with the CLI (its operator)."""
+
 
 @dataclass(frozen=True)
 class EngineOptions:

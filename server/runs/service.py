@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,7 +44,7 @@ from server.backends import Backends
 from server.runs.engine import EngineOptions, RunEngine
 from server.runs.gates import check_resume
 from server.runs.serde import dumps, values_with_interrupts
-from server.runs.worker import Worker
+from server.runs.worker import Worker, died_here
 from server.settings import Settings
 from server.tracing import live_from_step, replay_agents
 
@@ -70,6 +70,15 @@ class RunRequest:
     multitask_strategy: MultitaskStrategy = "enqueue"
     if_not_exists: Literal["create", "reject"] = "reject"
     after_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Executed:
+    """A run executed in this process: its record once it stopped, and the error that
+    ended its graph (the original exception, for the CLI to report as it is)."""
+
+    run: RunRecord
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -362,6 +371,29 @@ class RunService:
         """Queue a replay of the owner's recorded run on a new thread (see
         :mod:`server.tracing`); the run record names the new thread."""
         source = await self.traced_run(owner_id, run_id)
+        thread_id, request = await self.replay_request(
+            owner_id,
+            source,
+            recorded=recorded,
+            live=live,
+            from_checkpoint_id=from_checkpoint_id,
+            stream_mode=stream_mode,
+        )
+        return await self.create_run(owner_id, thread_id, request)
+
+    async def replay_request(
+        self,
+        owner_id: str,
+        source: TracedRun,
+        *,
+        recorded: Collection[str] | None = None,
+        live: Collection[str] | None = None,
+        from_checkpoint_id: str | None = None,
+        stream_mode: Sequence[str] = ("values",),
+        thread_id: str | None = None,
+    ) -> tuple[str, RunRequest]:
+        """A new thread of ``owner_id`` (``thread_id``, or a fresh one) and the run that
+        replays ``source`` on it."""
         spec = ReplaySpec(
             source_run_id=source.run_id,
             recorded_agents=replay_agents(recorded, live),
@@ -372,6 +404,7 @@ class RunService:
         )
         view = await self.create_thread(
             owner_id,
+            thread_id=thread_id,
             metadata={"replay_of_run": source.run_id, "replay_of_thread": source.thread_id},
         )
         kwargs = RunKwargs(input={}, stream_mode=tuple(stream_mode), replay=spec.to_json())
@@ -380,7 +413,7 @@ class RunService:
             kwargs=kwargs,
             metadata={"replay_of_run": source.run_id},
         )
-        return await self.create_run(owner_id, view.thread.thread_id, request)
+        return view.thread.thread_id, request
 
     # --- runs ---------------------------------------------------------------------------
 
@@ -430,6 +463,102 @@ class RunService:
 
     async def create_run(self, owner_id: str, thread_id: str, request: RunRequest) -> RunRecord:
         """Queue a run on the thread (creating the thread with ``if_not_exists="create"``)."""
+        run = await self._queue(owner_id, thread_id, request)
+        self.engine.wake_workers()
+        return run
+
+    async def execute(
+        self,
+        owner_id: str,
+        thread_id: str,
+        request: RunRequest,
+        on_event: Callable[[RunEvent], None] | None = None,
+    ) -> Executed:
+        """Queue a run and execute it in this process, now: the CLI's way to run the graph.
+
+        The run is validated, recorded, executed, traced and streamed exactly as a run the
+        API queues (the same worker code), only claimed by this process from the start so
+        no other worker takes it. ``on_event`` gets its events as they come. Cancelled
+        (Ctrl-C), the run goes back to the queue for :meth:`resume_here`.
+        """
+        worker = Worker(self.engine)
+        run = await self._queue(
+            owner_id, thread_id, request, claimed_by=(worker.worker_id, self.engine.options.lease_s)
+        )
+        return await self._execute_here(worker, run, on_event)
+
+    async def resume_here(
+        self,
+        owner_id: str,
+        thread_id: str,
+        on_event: Callable[[RunEvent], None] | None = None,
+    ) -> Executed | None:
+        """Take up the thread's unfinished run (stopped by Ctrl-C, or its process died) and
+        execute it here from its last checkpoint; None when it has none. Conflict while
+        another process still holds it."""
+        tid = self._tid(thread_id)
+        active = [
+            run
+            for status in ("running", "pending")
+            for run in await self.store.list_runs(tid, owner_id, limit=1, status=status)
+        ]
+        if not active:
+            return None
+        worker = Worker(self.engine)
+        held = active[0]
+        run = await self.store.claim(
+            worker.worker_id,
+            self.engine.options.lease_s,
+            run_id=held.run_id,
+            # A run whose process died on this machine (killed CLI) goes on at once.
+            dead_worker=held.worker_id if died_here(held.worker_id) else None,
+        )
+        if run is None:
+            raise Conflict(
+                f"run {active[0].run_id} of {tid} is being executed by another process; "
+                "wait for it to finish (or for its lease to expire if that process died)",
+                thread_id=tid,
+                run_id=active[0].run_id,
+            )
+        return await self._execute_here(worker, run, on_event)
+
+    async def _execute_here(
+        self, worker: Worker, run: RunRecord, on_event: Callable[[RunEvent], None] | None
+    ) -> Executed:
+        follower: asyncio.Task[None] | None = None
+        if on_event is not None:
+            follower = asyncio.create_task(self._follow(run.run_id, on_event))
+        try:
+            error = await worker.execute(run)
+        finally:
+            if follower is not None:
+                # Every event is on the bus once the run ended; the follower drains them.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(follower), END_GRACE_S)
+                follower.cancel()
+                with suppress(asyncio.CancelledError):
+                    await follower
+        finished = await self.store.find_run(run.run_id)
+        return Executed(finished or run, error)
+
+    async def _follow(self, run_id: str, on_event: Callable[[RunEvent], None]) -> None:
+        async for event in self.engine.bus.subscribe(run_id, wait_s=60.0):
+            if event is None:
+                continue
+            if event.event == END:
+                return
+            on_event(event)
+
+    async def _queue(
+        self,
+        owner_id: str,
+        thread_id: str,
+        request: RunRequest,
+        *,
+        claimed_by: tuple[str, float] | None = None,
+    ) -> RunRecord:
+        """The one way a run is recorded: validated, checked against the thread, its first
+        event published before any worker can emit one."""
         self.validate(request.kwargs)
         tid = normalise_id(thread_id, "thread_id")
         try:
@@ -460,12 +589,12 @@ class RunService:
                 if_not_exists=request.if_not_exists,
                 after_seconds=request.after_seconds,
                 thread_metadata={"graph_id": GRAPH_ID},
+                claimed_by=claimed_by,
             )
         except BaseException:
             await bus.delete(run_id)
             raise
         await self._after_stop_requests(stopped)
-        self.engine.wake_workers()
         return run
 
     async def _after_stop_requests(self, stopped: list[RunRecord]) -> None:

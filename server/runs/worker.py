@@ -42,10 +42,9 @@ from memory.runs.models import (
     ThreadStatus,
 )
 from memory.traces.port import Budget, ReplaySpec, TracedRunStatus
-from server.runs.engine import RunEngine
+from server.runs.engine import LOCAL_OWNER, RECURSION_LIMIT, RunEngine
 from server.runs.gates import check_resume
 from server.runs.serde import dumps
-from server.sessions import RECURSION_LIMIT
 
 log = logging.getLogger("scribe.runs")
 
@@ -65,6 +64,34 @@ def _now() -> float:
 def default_worker_id() -> str:
     """``host:pid:random``: unique per worker, readable in the runs table."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def died_here(worker_id: str | None) -> bool:
+    """Whether ``worker_id`` (see :func:`default_worker_id`) names a worker of a process
+    on this machine that no longer exists: its runs need not wait for their leases."""
+    host, _, rest = (worker_id or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname()[:40] or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that exited but was not reaped yet is dead for our purposes."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 class _Publisher:
@@ -106,7 +133,7 @@ class _Publisher:
                     log.warning("run %s: %d events lost: %s", self._run_id, len(batch), exc)
                 else:
                     down_since = None
-                del self._pending[:PUBLISH_BATCH]
+                del self._pending[: len(batch)]
             if self._closed:
                 return
 
@@ -155,6 +182,8 @@ class Worker:
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._controls: dict[str, _Control] = {}
         self._stopping = False
+        self._errors: dict[str, BaseException] = {}
+        self._waited: set[str] = set()
         self.claim_failing_since: float | None = None
         """When claiming runs began to fail (monotonic seconds), while it still fails."""
 
@@ -234,6 +263,29 @@ class Worker:
         self._runs.pop(run_id, None)
         self._slots.release()
 
+    async def execute(self, run: RunRecord) -> BaseException | None:
+        """Execute ``run``, claimed by this worker, to its end here (the CLI's way); the
+        error that ended the graph, if one did.
+
+        Cancelled (Ctrl-C), the run stops at once and goes back to the queue, as on a
+        graceful shutdown, so ``scribe resume`` takes it up again from its last checkpoint.
+        """
+        task = asyncio.create_task(self._handle(run), name=f"run:{run.run_id}")
+        self._runs[run.run_id] = task
+        self._waited.add(run.run_id)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            control = self._controls.get(run.run_id)
+            if control is not None:
+                control.stop("shutdown")
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        finally:
+            self._runs.pop(run.run_id, None)
+            self._waited.discard(run.run_id)
+        return self._errors.pop(run.run_id, None)
+
     async def run_once(self) -> RunRecord | None:
         """Claim one run and execute it to the end here (tests, tools); None if none due."""
         run = await self.engine.store.claim(self.worker_id, self.engine.options.lease_s)
@@ -242,6 +294,10 @@ class Worker:
         return run
 
     # --- executing one run --------------------------------------------------------------
+
+    def _executing_here(self, run_id: str) -> bool:
+        """Whether :meth:`execute` waits for this run (and wants its error)."""
+        return run_id in self._waited
 
     async def _handle(self, run: RunRecord) -> None:
         control = _Control()
@@ -267,6 +323,9 @@ class Worker:
             message = f"run abandoned after {run.attempts - 1} attempts (its workers died)"
             await self._finish_failed(run, "error", "RunAbandoned", message)
             return
+        # A run that executed before (its base is saved then) may have written
+        # checkpoints: it continues from them, whether it crashed or was handed back.
+        again = run.kwargs.base is not None or run.attempts > 1
         if run.kwargs.base is None:
             base = await engine.janitor.base(run.thread_id)
             run = await engine.store.save_base(run.run_id, self.worker_id, base)
@@ -274,13 +333,13 @@ class Worker:
         if run.attempts > 1:
             publisher.emit("metadata", dumps({"run_id": run.run_id, "attempt": run.attempts}))
         await _sync_novel(engine, run.thread_id, "running")
-        graph_input, config = await self._prepare(run)
+        graph_input, config = await self._prepare(run, again=again)
         replay = ReplaySpec.from_json(run.kwargs.replay) if run.kwargs.replay else None
         await engine.backends.tracing.begin(
             run_id=run.run_id,
             thread_id=run.thread_id,
             owner_id=run.owner_id,
-            source="replay" if replay else "api",
+            source="replay" if replay else "cli" if run.owner_id == LOCAL_OWNER else "api",
             input=run.kwargs.input,
             command=run.kwargs.command,
             start_checkpoint_id=run.kwargs.base.checkpoint_id if run.kwargs.base else None,
@@ -362,6 +421,8 @@ class Worker:
             await self._finish_cancelled(run, control.action or "interrupt")
             return
         error = task.exception()
+        if error is not None and self._executing_here(run.run_id):
+            self._errors[run.run_id] = error.error if isinstance(error, _Refused) else error
         if isinstance(error, _Refused):
             # Refused before the graph ran: the thread is as it was.
             await publisher.close()
@@ -418,7 +479,7 @@ class Worker:
         if await self.engine.store.finish(run.run_id, self.worker_id, status, thread_status):
             await self._end(run.run_id, status)
 
-    async def _prepare(self, run: RunRecord) -> tuple[Any, RunnableConfig]:
+    async def _prepare(self, run: RunRecord, *, again: bool) -> tuple[Any, RunnableConfig]:
         """The graph input and config. A reclaimed run that already wrote a checkpoint
         continues from the thread's head with no input; otherwise it starts as asked."""
         kwargs = run.kwargs
@@ -426,7 +487,7 @@ class Worker:
         checkpoint_id = kwargs.checkpoint_id
         if kwargs.command is not None:
             graph_input = _command(kwargs.command)
-        if run.attempts > 1 and await self._wrote_checkpoint(run):
+        if again and await self._wrote_checkpoint(run):
             graph_input, checkpoint_id = None, None
         user = kwargs.config
         configurable: dict[str, Any] = {

@@ -140,9 +140,11 @@ async def intake(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str
 
 
 async def finish(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
-    """Mark the session completed."""
+    """Close the book: its title in the record and ``done`` in state (the run that ends
+    here marks the novel completed: see ``server.runs.worker.record_novel_status``)."""
     novel_id = novel_id_of(state)
     title = state.get("bible", {}).get("title")
-    await runtime.context.store.update_novel(novel_id, status="completed", title=title)
+    if title:
+        await runtime.context.store.update_novel(novel_id, title=title)
     progress(runtime, "director", "finished", chapters=state.get("accepted", 0))
     return {"done": True}

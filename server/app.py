@@ -12,13 +12,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from errors import ConfigurationError
 from server.errors import install_error_handlers
 from server.services import AppServices
 from server.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Build the application for ``settings`` (nothing is opened until startup)."""
+    """Build the application for ``settings`` (nothing is opened until startup);
+    ConfigurationError for settings it cannot serve (see :meth:`Settings.serve_problem`)."""
+    problem = settings.serve_problem()
+    if problem is not None:
+        raise ConfigurationError(problem)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

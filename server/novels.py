@@ -288,8 +288,11 @@ class NovelService:
         view = await self._runs.create_thread(owner_id, metadata=metadata)
         tid = view.thread.thread_id
         try:
-            await self._store.create_novel(tid, checked.premise, checked.chapters, checked.genre)
-            await self._store.update_novel(tid, status=INITIAL_STATUS, title=title)
+            await self._store.create_novel(
+                tid, checked.premise, checked.chapters, checked.genre, status=INITIAL_STATUS
+            )
+            if title:
+                await self._store.update_novel(tid, title=title)
         except BaseException:
             # A thread without its novel would be an orphan no novel endpoint can see.
             await self._runs.delete_thread(owner_id, tid)

@@ -26,6 +26,7 @@ from nodes.state import NovelInput
 from server.backends import Backends
 from server.runs.engine import LOCAL_OWNER, RECURSION_LIMIT
 from server.runs.service import ASSISTANT_ID, Executed, RunRequest, RunService
+from server.runs.worker import record_novel_status
 
 ProgressSink = Callable[[dict[str, Any]], None]
 STREAM = ("custom",)
@@ -163,7 +164,7 @@ class Sessions:
             )
         snapshot = await self._b.graph.aget_state(thread_config(session_id))
         if not snapshot.next and snapshot.values.get("done"):
-            await self._b.store.update_novel(session_id, status="completed")
+            await record_novel_status(self._b.store, session_id, "completed")
             raise Conflict(f"session {session_id} is already completed", session=session_id)
         # A run stopped by Ctrl-C, or whose process died, is taken up where it stopped.
         async with self._service() as runs:

@@ -294,6 +294,23 @@ class Settings(BaseSettings):
         """Qdrant local-mode folder of the embedded default."""
         return self.data_dir / "qdrant"
 
+    def serve_problem(self) -> str | None:
+        """Why ``scribe serve`` cannot run with these settings, or None.
+
+        An API without in-process workers leaves runs to ``scribe worker`` processes; on
+        the embedded default they would share this data folder, whose vector store one
+        process alone can open, so the runs it accepts would wait forever.
+        """
+        if self.worker_concurrency == 0 and self.database_url is None and not self.qdrant_url:
+            return (
+                "SCRIBE_WORKER_CONCURRENCY=0 leaves runs to scribe worker processes, but on "
+                f"the embedded default they cannot share {self.data_dir} (its vector store "
+                "opens in one process only): keep in-process workers "
+                "(SCRIBE_WORKER_CONCURRENCY=1 or more), or give workers shared services "
+                "(DATABASE_URL, QDRANT_URL)"
+            )
+        return None
+
 
 def to_sqlalchemy_url(url: str) -> str:
     """``postgresql://`` or ``postgres://`` → ``postgresql+asyncpg://`` (SQLite unchanged)."""

@@ -13,9 +13,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from errors import Conflict, InvalidInput, NotFound
+from memory.app.port import NovelStatus, status_move
 from memory.app.sql import SqlAppStore, count_words
 from memory.app.tables import ChapterRow, ChapterVersionRow
 from memory.db import make_engine
+from server.runs.worker import record_novel_status
 from server.settings import to_sqlalchemy_url
 
 NOVEL = "00000000-0000-4000-8000-000000000001"
@@ -338,3 +340,35 @@ async def test_close_leaves_a_shared_engine_open(engine: AsyncEngine) -> None:
     # The engine still serves another user (e.g. the world-memory backend).
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM novels"))).scalar_one() == 1
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "allowed"),
+    [
+        ("running", "paused", True),
+        ("running", "completed", True),
+        ("running", "failed", True),
+        ("paused", "running", True),
+        ("failed", "running", True),
+        ("paused", "completed", False),
+        ("failed", "paused", False),
+        ("completed", "running", False),
+        ("completed", "failed", False),
+        ("completed", "completed", True),
+    ],
+)
+def test_the_status_machine(current: NovelStatus, wanted: NovelStatus, allowed: bool) -> None:
+    assert status_move(current, wanted) is allowed
+
+
+async def test_the_status_writer_never_undoes_a_completed_book(store: SqlAppStore) -> None:
+    await store.create_novel(NOVEL, "A premise long enough.", 2, None, status="paused")
+    assert (await store.get_novel(NOVEL)).status == "paused"
+    await record_novel_status(store, NOVEL, "running")
+    await record_novel_status(store, NOVEL, "completed")
+    # A late report of an earlier run (paused, failed) changes nothing any more.
+    await record_novel_status(store, NOVEL, "paused")
+    await record_novel_status(store, NOVEL, "failed", "late")
+    record = await store.get_novel(NOVEL)
+    assert record.status == "completed" and record.error is None
+    await record_novel_status(store, "0" * 36, "running")  # unknown novels are no error

@@ -374,3 +374,18 @@ def test_a_chapter_gate_lists_its_findings_by_number(
     assert "1. major life: Ada died before this chapter" in err
     assert "“Ada laughed at the door.”" in err
     assert "scribe resume s-1 --approve --accept 1,2" in err
+
+
+def test_serve_refuses_a_topology_whose_runs_would_wait_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No in-process workers on the embedded default: separate workers could not open its
+    vector store, so serve refuses at start instead of accepting runs nobody executes."""
+    monkeypatch.setenv("SCRIBE_WORKER_CONCURRENCY", "0")
+    code = main(["--data-dir", str(tmp_path / "data"), "serve", "--port", "8123"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("scribe: error:")]
+    assert len(lines) == 1 and "SCRIBE_WORKER_CONCURRENCY=0" in lines[0]
+    assert "QDRANT_URL" in lines[0]
+    assert not (tmp_path / "data" / "scribe.db").exists(), "nothing was opened"

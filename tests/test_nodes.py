@@ -177,13 +177,17 @@ async def test_recent_summaries_stay_bounded(backends: Backends) -> None:
     assert len(d.state["recent_summaries"]) == backends.context.options.recent_summaries
 
 
-async def test_finish_completes_the_session(backends: Backends) -> None:
+async def test_finish_closes_the_book_and_leaves_the_status_to_its_run(
+    backends: Backends,
+) -> None:
     d = Driver(backends)
     for node in (intake, director_plan):
         await d.run(node)
-    await d.run(finish)
+    update = await d.run(finish)
+    assert update == {"done": True}
     record = await backends.store.get_novel(d.thread)
-    assert record.status == "completed" and record.title == d.state["bible"]["title"]
+    # The status has one writer, the run executor (server.runs.worker.record_novel_status).
+    assert record.status == "running" and record.title == d.state["bible"]["title"]
 
 
 def test_the_seed_is_held_to_the_book_s_size_and_names() -> None:

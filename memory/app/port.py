@@ -12,6 +12,23 @@ from datetime import datetime
 from typing import Any, Literal
 
 NovelStatus = Literal["running", "paused", "completed", "failed"]
+
+NOVEL_STATUS_MOVES: Mapping[NovelStatus, frozenset[NovelStatus]] = {
+    "running": frozenset({"paused", "completed", "failed"}),
+    "paused": frozenset({"running"}),
+    "failed": frozenset({"running"}),
+    "completed": frozenset(),
+}
+"""A novel's status, as a state machine: a run starts (``running``), then stops at a gate,
+a budget or a cancel (``paused``), fails (``failed``) or writes the last chapter
+(``completed``, for good). Paused and failed novels run again when resumed."""
+
+
+def status_move(current: NovelStatus, wanted: NovelStatus) -> bool:
+    """Whether a novel may go from ``current`` to ``wanted`` (staying put is allowed)."""
+    return wanted == current or wanted in NOVEL_STATUS_MOVES[current]
+
+
 VersionKind = Literal["draft", "edit"]
 
 
@@ -73,9 +90,15 @@ class AppStore(ABC):
 
     @abstractmethod
     async def create_novel(
-        self, novel_id: str, premise: str, chapters: int, genre: str | None
+        self,
+        novel_id: str,
+        premise: str,
+        chapters: int,
+        genre: str | None,
+        *,
+        status: NovelStatus = "running",
     ) -> NovelRecord:
-        """Create a session in status ``running``; raises Conflict if the id exists."""
+        """Create a session (``running`` unless told otherwise); Conflict if the id exists."""
 
     @abstractmethod
     async def get_novel(self, novel_id: str) -> NovelRecord:

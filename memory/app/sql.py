@@ -116,9 +116,15 @@ class SqlAppStore(SqlStore, AppStore):
     # --- novels -----------------------------------------------------------------------
 
     async def create_novel(
-        self, novel_id: str, premise: str, chapters: int, genre: str | None
+        self,
+        novel_id: str,
+        premise: str,
+        chapters: int,
+        genre: str | None,
+        *,
+        status: NovelStatus = "running",
     ) -> NovelRecord:
-        """Create a session in status ``running``; Conflict if the id is taken."""
+        """Create a session (``running`` unless told otherwise); Conflict if the id is taken."""
         _check_id("novel", novel_id, NOVEL_ID_LENGTH)
         if not premise.strip():
             raise InvalidInput("the premise is empty")
@@ -131,7 +137,7 @@ class SqlAppStore(SqlStore, AppStore):
             chapters=chapters,
             genre=genre,
             title=None,
-            status="running",
+            status=status,
             error=None,
             created_at=now,
             updated_at=now,

@@ -32,6 +32,7 @@ from errors import (
     StoreUnavailable,
 )
 from graphs.novel import GRAPH_ID
+from memory.app.port import AppStore, NovelStatus, status_move
 from memory.db import unavailable
 from memory.runs.models import (
     GRAPH_MODE_OF,
@@ -332,7 +333,7 @@ class Worker:
         publisher = _Publisher(engine, run.run_id)
         if run.attempts > 1:
             publisher.emit("metadata", dumps({"run_id": run.run_id, "attempt": run.attempts}))
-        await _sync_novel(engine, run.thread_id, "running")
+        await record_novel_status(engine.backends.store, run.thread_id, "running")
         graph_input, config = await self._prepare(run, again=again)
         replay = ReplaySpec.from_json(run.kwargs.replay) if run.kwargs.replay else None
         await engine.backends.tracing.begin(
@@ -455,7 +456,7 @@ class Worker:
         if isinstance(error, BudgetExceeded):
             # Stopped before a model call, at a node boundary: resumable as it stands.
             await publisher.close()
-            await _sync_novel(self.engine, run.thread_id, "paused")
+            await record_novel_status(self.engine.backends.store, run.thread_id, "paused")
             await self._finish_failed(
                 run,
                 "interrupted",
@@ -475,7 +476,12 @@ class Worker:
         thread_status: ThreadStatus = "interrupted" if paused else "idle"
         await publisher.close()
         # The novel's status first: whoever sees the run finished sees the novel in step.
-        await _sync_novel(self.engine, run.thread_id, "paused" if paused else None)
+        done = bool(snapshot.values.get("done"))
+        await record_novel_status(
+            self.engine.backends.store,
+            run.thread_id,
+            "paused" if paused else "completed" if done else None,
+        )
         if await self.engine.store.finish(run.run_id, self.worker_id, status, thread_status):
             await self._end(run.run_id, status)
 
@@ -642,11 +648,11 @@ class Worker:
             await engine.janitor.rollback(run.thread_id, run.run_id, base)
             status = await self._thread_status_after_stop(run.thread_id)
             if await engine.store.discard(run.run_id, self.worker_id, status):
-                await _sync_novel(engine, run.thread_id, "paused")
+                await record_novel_status(engine.backends.store, run.thread_id, "paused")
                 await self._end(run.run_id, "rolled_back")
             return
         status = await self._thread_status_after_stop(run.thread_id)
-        await _sync_novel(engine, run.thread_id, "paused")
+        await record_novel_status(engine.backends.store, run.thread_id, "paused")
         if await engine.store.finish(run.run_id, self.worker_id, "interrupted", status):
             await self._end(run.run_id, "interrupted")
 
@@ -666,7 +672,9 @@ class Worker:
         """End the run as failed; the thread goes to ``error`` unless told otherwise."""
         engine = self.engine
         if thread_status is None:
-            await _sync_novel(engine, run.thread_id, "failed", f"{name}: {message}")
+            await record_novel_status(
+                engine.backends.store, run.thread_id, "failed", f"{name}: {message}"
+            )
         owned = await engine.store.finish(
             run.run_id, self.worker_id, status, thread_status or "error", error=f"{name}: {message}"
         )
@@ -699,19 +707,17 @@ class _Refused(Exception):
         self.error = error
 
 
-async def _sync_novel(
-    engine: RunEngine,
-    novel_id: str,
-    status: Literal["running", "paused", "failed"] | None,
-    error: str | None = None,
+async def record_novel_status(
+    store: AppStore, novel_id: str, status: NovelStatus | None, error: str | None = None
 ) -> None:
-    """Keep the novel's status (shown by ``scribe sessions``) in step with its runs."""
+    """The one writer of a novel's status after its creation, in step with its runs: a
+    move the state machine does not allow (see :data:`NOVEL_STATUS_MOVES`) is ignored, so
+    a late or repeated report never undoes a later one (nothing leaves ``completed``)."""
     if status is None:
         return
-    store = engine.backends.store
     try:
         record = await store.get_novel(novel_id)
-        if record.status != "completed":
+        if status != record.status and status_move(record.status, status):
             await store.update_novel(novel_id, status=status, error=error)
     except NotFound:
         return  # intake has not created it yet

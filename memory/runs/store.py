@@ -12,7 +12,7 @@ threads and runs are reported as not found.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -499,6 +499,7 @@ class RunStore:
         *,
         run_id: str | None = None,
         dead_worker: str | None = None,
+        executing: Collection[str] = (),
     ) -> RunRecord | None:
         """Take the next run to execute (or the run ``run_id`` only), or None.
 
@@ -506,7 +507,9 @@ class RunStore:
         first. A candidate is taken only when its thread has no other running run and,
         for a pending run, no older due pending run (runs of a thread go in order).
         ``dead_worker`` names a worker known to be dead (its process is gone): its runs
-        are taken at once, their leases notwithstanding.
+        are taken at once, their leases notwithstanding. ``executing`` are the runs the
+        claiming worker executes now: never taken again by it, even if their leases ran
+        out while its event loop was busy (it renews them instead).
         """
         now = utcnow()
         due = or_(
@@ -517,6 +520,8 @@ class RunStore:
             due = or_(due, and_(RunRow.status == "running", RunRow.worker_id == dead_worker))
         if run_id is not None:
             due = and_(due, RunRow.run_id == run_id)
+        if executing:
+            due = and_(due, RunRow.run_id.not_in(list(executing)))
         async with self._tx() as s:
             candidates = (
                 await s.scalars(

@@ -234,7 +234,9 @@ class Worker:
         while not self._stopping:
             await self._slots.acquire()
             try:
-                run = await self.engine.store.claim(self.worker_id, options.lease_s)
+                run = await self.engine.store.claim(
+                    self.worker_id, options.lease_s, executing=set(self._runs)
+                )
             except Exception as exc:
                 # A store outage must not end the loop: the worker keeps trying, more
                 # slowly, and takes up expired leases again once the store is back.

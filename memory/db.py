@@ -5,11 +5,14 @@ One declarative ``Base`` holds every table, so Alembic sees the whole schema.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import asyncpg
 import psycopg
@@ -129,7 +132,55 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-class SqlStore:
+T = TypeVar("T")
+
+
+async def run_to_completion(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; the
+    cancellation then takes effect, once ``work`` has ended (or failed)."""
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():
+                raise
+            cancelled = exc
+        else:
+            break
+    if cancelled is not None:
+        raise cancelled
+    return result
+
+
+class CompletesCalls:
+    """Mixin: each public coroutine method of a subclass, once called, runs to its end
+    even when its caller is cancelled (a run interrupted or cancelled, Ctrl-C, a client
+    gone); the cancellation takes effect when the call returns, a transaction's time later.
+
+    Why: a SQLAlchemy transaction on aiosqlite cancelled halfway leaves its connection
+    holding SQLite's write lock, and every later write of every store on that file then
+    waits out its busy timeout and fails. On Postgres a cancelled transaction costs the
+    connection. Either way a store call is the unit that must not be cut in two.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                setattr(cls, name, _completing(member))
+
+
+def _completing(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> T:
+        return await run_to_completion(method(*args, **kwargs))
+
+    return call
+
+
+class SqlStore(CompletesCalls):
     """What every SQL adapter shares: an engine (its own or a shared one), transactions
     that turn database failures into :class:`~errors.StorageError`, migrations on
     ``setup()`` and disposal on ``close()``. ``label`` names the store in errors."""

@@ -3,6 +3,11 @@ the driver's text (which can quote statements, values or connection details)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
+import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from errors import StorageError
-from memory.db import make_engine, sql_errors
+from memory.db import make_engine, run_to_completion, sql_errors
+from memory.world.port import EntitySpec, FactSpec, WorldChanges
+from memory.world.sql import SqlWorldMemory
 
 SECRET = "argon2id$v=19$m=65536$c2VjcmV0"
 
@@ -60,3 +67,61 @@ async def test_statement_values_stay_out_of_the_driver_error_too(engine: AsyncEn
     with pytest.raises(IntegrityError) as raised:
         await _execute(engine, "INSERT INTO t (id, v) VALUES (1, :v)", v=SECRET)
     assert SECRET not in str(raised.value)
+
+
+# --- cancellation ---------------------------------------------------------------------
+
+
+async def test_a_cancelled_call_finishes_before_the_cancellation_takes_effect() -> None:
+    finished: list[str] = []
+
+    async def work() -> str:
+        await asyncio.sleep(0.05)
+        finished.append("work")
+        return "done"
+
+    caller = asyncio.create_task(run_to_completion(work()))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert finished == ["work"]
+
+
+async def test_store_calls_cancelled_halfway_leave_sqlite_unlocked(tmp_path: Path) -> None:
+    """Cancelling a bare aiosqlite transaction halfway leaves its connection holding the
+    write lock (every later write waits out the busy timeout, then fails); store calls run
+    to their end instead, so another connection can write at once after each cancel."""
+    path = tmp_path / "scribe.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    world = SqlWorldMemory(engine)
+    await world.setup()
+    rng = random.Random(7)
+
+    async def writing() -> None:
+        chapter = 0
+        while True:
+            chapter += 1
+            people = tuple(
+                EntitySpec(key=f"p{uuid.uuid4().hex[:8]}", kind="character", name=f"P{i}")
+                for i in range(6)
+            )
+            facts = tuple(FactSpec(p.key, "located_in", object=people[0].key) for p in people)
+            await world.apply("n1", chapter, WorldChanges(entities=people, facts=facts[1:]))
+
+    try:
+        for _ in range(40):
+            task = asyncio.create_task(writing())
+            await asyncio.sleep(rng.random() * 0.03)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            probe = sqlite3.connect(path, timeout=0.5)
+            try:
+                probe.execute("BEGIN IMMEDIATE")  # raises "database is locked" on a leak
+                probe.execute("ROLLBACK")
+            finally:
+                probe.close()
+        assert (await world.world_as_of("n1", 1000)).entities  # the calls begun were whole
+    finally:
+        await engine.dispose()

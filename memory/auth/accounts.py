@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from errors import Conflict
 from memory.auth.tables import ApiKeyRow, UserRow
-from memory.db import sql_errors, utc
+from memory.db import CompletesCalls, sql_errors, utc
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _api_key(row: ApiKeyRow) -> ApiKeyRecord:
     )
 
 
-class SqlAccounts:
+class SqlAccounts(CompletesCalls):
     """Users and API keys through an async SQLAlchemy engine (already migrated)."""
 
     def __init__(self, engine: AsyncEngine) -> None:

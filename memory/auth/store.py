@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from memory.auth.tables import RefreshFamilyRow, RefreshTokenRow, RevokedAccessTokenRow
-from memory.db import sql_errors, utc
+from memory.db import CompletesCalls, sql_errors, utc
 from memory.redis import RedisService, redis_errors
 
 RotationOutcome = Literal["rotated", "unknown", "expired", "reused", "revoked"]
@@ -82,7 +82,7 @@ class TokenStore(ABC):
         """Forget what expired before ``now`` (Redis does this by itself)."""
 
 
-class SqlTokenStore(TokenStore):
+class SqlTokenStore(CompletesCalls, TokenStore):
     """Token families in ``refresh_families``/``refresh_tokens``; revocations in a table.
 
     Every writing transaction starts with a write (locking the family row on Postgres,

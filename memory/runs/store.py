@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from errors import Conflict, NotFound, StorageError
-from memory.db import is_sqlite, log, make_engine, sql_errors
+from memory.db import CompletesCalls, is_sqlite, log, make_engine, sql_errors
 from memory.migrate import upgrade_to_head
 from memory.runs.models import (
     BaseCheckpoint,
@@ -127,7 +127,7 @@ def contains(container: object, wanted: object) -> bool:
     return container == wanted
 
 
-class RunStore:
+class RunStore(CompletesCalls):
     """Threads and runs in SQL. Build with :meth:`from_url`, then ``await setup()``."""
 
     def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:

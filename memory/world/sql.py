@@ -25,10 +25,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from errors import InvalidInput, StorageError
+from memory.db import CompletesCalls, log, sql_errors
 from memory.migrate import upgrade_to_head
 from memory.world.planner import (
     BatchKeys,
@@ -81,11 +82,17 @@ def _valid_at(chapter: int) -> ColumnElement[bool]:
 
 @asynccontextmanager
 async def _storage_errors(action: str) -> AsyncIterator[None]:
-    """Turn driver failures into :class:`StorageError`."""
+    """Turn driver failures into :class:`StorageError` (see :func:`memory.db.sql_errors`:
+    no driver text in the message)."""
     try:
-        yield
-    except SQLAlchemyError as exc:
-        raise StorageError(f"world memory could not {action}: {exc}", action=action) from exc
+        with sql_errors("world memory", action):
+            yield
+    except IntegrityError as exc:
+        log.warning("world memory: cannot %s: %s", action, exc)
+        raise StorageError(
+            f"world memory: cannot {action}: the database refused it (IntegrityError)",
+            action=action,
+        ) from None
 
 
 # Entity and fact columns are listed in the field order of EntityRecord and Fact, so that
@@ -421,7 +428,7 @@ async def _reopen_facts_closed_by(conn: AsyncConnection, novel_id: str, chapter:
         )
 
 
-class SqlWorldMemory(WorldMemory):
+class SqlWorldMemory(CompletesCalls, WorldMemory):
     """World memory in the shared SQL database (tables ``world_*``).
 
     The engine is shared with other adapters, so :meth:`close` leaves it alone; whoever
@@ -442,13 +449,12 @@ class SqlWorldMemory(WorldMemory):
         if chapter < 0:
             raise InvalidInput("chapter must be 0 or more", chapter=chapter)
         try:
-            return await self._apply_once(novel_id, chapter, changes)
+            with sql_errors("world memory", "apply changes"):
+                return await self._apply_once(novel_id, chapter, changes)
         except IntegrityError:
             # A concurrent apply inserted the same entity or set-up first; a second pass
             # sees its rows and merges into them.
             pass
-        except SQLAlchemyError as exc:
-            raise StorageError(f"world memory could not apply changes: {exc}") from exc
         async with _storage_errors("apply changes"):
             return await self._apply_once(novel_id, chapter, changes)
 

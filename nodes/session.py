@@ -1,8 +1,8 @@
-"""The session's bookends: ``intake`` validates the request, ``finish`` closes the book."""
+"""The session's bookends: ``intake`` opens the book its entry point recorded, ``finish``
+closes it. A request is validated once, at the edge, by :func:`validate_request`."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,15 +10,16 @@ from typing import Any, cast, get_args
 
 from langgraph.runtime import Runtime
 
-from errors import Conflict, InvalidInput, StorageError
+from errors import InvalidInput, NotFound, StorageError
 from memory.text import is_cjk
 from nodes.common import novel_id_of, progress
 from nodes.context import ScribeContext
-from nodes.state import NovelState, PausePoint
+from nodes.state import NovelInput, NovelState, PausePoint
 
 MAX_PREMISE_CHARS = 4000
 MAX_CHAPTERS = 100
 MAX_GENRE_CHARS = 80
+MAX_REVISIONS = 10
 PAUSE_POINTS: tuple[str, ...] = get_args(PausePoint)
 LANGUAGE_TAG = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
 """A BCP 47 language tag as books use them: ``en``, ``zh``, ``zh-Hant``, ``pt-BR``."""
@@ -48,6 +49,21 @@ class BookRequest:
     pause_after: tuple[PausePoint, ...]
     language: str = "en"
     """The book's language (BCP 47): given, or detected from the premise."""
+    max_revisions: int | None = None
+    """Drafts the reviewer may send back per chapter; None: the engine's setting."""
+
+    def graph_input(self) -> NovelInput:
+        """The novel graph's input for this request (its first run on a new thread)."""
+        data: NovelInput = {
+            "premise": self.premise,
+            "chapters": self.chapters,
+            "genre": self.genre,
+            "language": self.language,
+            "pause_after": list(self.pause_after),
+        }
+        if self.max_revisions is not None:
+            data["max_revisions"] = self.max_revisions
+        return data
 
 
 def validate_request(
@@ -56,6 +72,7 @@ def validate_request(
     genre: object = None,
     pause_after: Iterable[object] = (),
     language: object = None,
+    max_revisions: object = None,
 ) -> BookRequest:
     """Check a book request; raises :class:`InvalidInput` naming the offending field.
 
@@ -98,38 +115,45 @@ def validate_request(
             f"language must be a language tag such as 'en', 'zh' or 'pt-BR', got {language!r}",
             field="language",
         )
-    return BookRequest(text, chapters, clean_genre, tuple(pauses), tag)
+    if max_revisions is not None and (
+        isinstance(max_revisions, bool)
+        or not isinstance(max_revisions, int)
+        or not 0 <= max_revisions <= MAX_REVISIONS
+    ):
+        raise InvalidInput(
+            f"max_revisions must be a whole number from 0 to {MAX_REVISIONS}",
+            field="max_revisions",
+        )
+    return BookRequest(text, chapters, clean_genre, tuple(pauses), tag, max_revisions)
 
 
 async def intake(state: NovelState, runtime: Runtime[ScribeContext]) -> dict[str, Any]:
-    """Validate the input, bind the session to the thread and make sure it is recorded."""
-    request = validate_request(
-        state.get("premise"),
-        state.get("chapters"),
-        state.get("genre"),
-        state.get("pause_after", ()),
-        state.get("language"),
-    )
+    """Open the book: bind the session to the thread and take up what its entry point
+    validated and recorded (the run service, which wrote the novel's record before the run
+    was queued). The record is the truth for premise, chapters and genre; the input brings
+    the rest of the request."""
     thread_id = runtime.execution_info.thread_id if runtime.execution_info else None
     novel_id = state.get("novel_id") or thread_id
     if not novel_id:
         raise StorageError("the novel graph needs a checkpointer and a thread_id to run")
-    store = runtime.context.store
-    # The entry point, or a previous attempt of this node, may have created it already.
-    with contextlib.suppress(Conflict):
-        await store.create_novel(novel_id, request.premise, request.chapters, request.genre)
-    progress(runtime, "director", "starting", chapters=request.chapters)
-    max_revisions = state.get("max_revisions", runtime.context.options.max_revisions)
-    if isinstance(max_revisions, bool) or not isinstance(max_revisions, int) or max_revisions < 0:
-        raise InvalidInput("max_revisions must be a whole number ≥ 0", field="max_revisions")
+    try:
+        record = await runtime.context.store.get_novel(novel_id)
+    except NotFound:
+        raise NotFound(
+            "novel",
+            novel_id,
+            f"novel {novel_id} is not recorded: books start through the run service "
+            "(scribe write, the runs or novels API), which validates and records them",
+        ) from None
+    progress(runtime, "director", "starting", chapters=record.chapters)
     return {
         "novel_id": novel_id,
-        "premise": request.premise,
-        "chapters": request.chapters,
-        "genre": request.genre,
-        "language": request.language,
-        "pause_after": list(request.pause_after),
-        "max_revisions": max_revisions,
+        "premise": record.premise,
+        "chapters": record.chapters,
+        "genre": record.genre,
+        "language": state.get("language") or detect_language(record.premise),
+        "pause_after": list(state.get("pause_after", ())),
+        "max_revisions": state.get("max_revisions", runtime.context.options.max_revisions),
         "chapter": 1,
         "drafts": 0,
         "revision": 0,

@@ -48,7 +48,7 @@ from nodes.human import (
     parse_outline_decision,
 )
 from nodes.schemas import ChapterBeats
-from nodes.session import validate_request
+from nodes.session import BookRequest, detect_language, validate_request
 from nodes.state import PausePoint
 from nodes.worldsmith import accept_findings, record_chapter_world
 from server.export import book_to_epub, book_to_markdown
@@ -79,19 +79,6 @@ class NovelRequest:
     max_revisions: int | None
     language: str | None = None
     """BCP 47 tag; ``None``: detected from the premise."""
-
-    def graph_input(self) -> dict[str, Any]:
-        """The input of the novel graph's first run."""
-        data: dict[str, Any] = {
-            "premise": self.premise,
-            "chapters": self.chapters,
-            "genre": self.genre,
-            "language": self.language,
-            "pause_after": list(self.pause_after),
-        }
-        if self.max_revisions is not None:
-            data["max_revisions"] = self.max_revisions
-        return data
 
 
 @dataclass(frozen=True)
@@ -191,6 +178,19 @@ def gate_of(snapshot: StateSnapshot) -> Gate | None:
     return None
 
 
+def _stored_book(record: NovelRecord, metadata: Mapping[str, Any]) -> BookRequest:
+    """The book as the novel stores it: validated when it was created or changed."""
+    request = _metadata_request(record, metadata)
+    return BookRequest(
+        premise=request.premise,
+        chapters=request.chapters,
+        genre=request.genre,
+        pause_after=request.pause_after,
+        language=request.language or detect_language(request.premise),
+        max_revisions=request.max_revisions,
+    )
+
+
 def _metadata_request(record: NovelRecord, metadata: Mapping[str, Any]) -> NovelRequest:
     pauses = metadata.get("pause_after") or ()
     revisions = metadata.get("max_revisions")
@@ -218,16 +218,6 @@ def _summary(owned: _Owned) -> NovelSummary:
         pause_after=request.pause_after,
         max_revisions=request.max_revisions,
     )
-
-
-def _max_revisions(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
-        raise InvalidInput(
-            "max_revisions must be a whole number from 0 to 10", field="max_revisions"
-        )
-    return value
 
 
 class NovelService:
@@ -272,8 +262,9 @@ class NovelService:
             request.genre,
             request.pause_after,
             request.language,
+            request.max_revisions,
         )
-        revisions = _max_revisions(request.max_revisions)
+        revisions = checked.max_revisions
         metadata: dict[str, Any] = {
             "graph_id": GRAPH_ID,
             "kind": NOVEL_KIND,
@@ -289,10 +280,13 @@ class NovelService:
         tid = view.thread.thread_id
         try:
             await self._store.create_novel(
-                tid, checked.premise, checked.chapters, checked.genre, status=INITIAL_STATUS
+                tid,
+                checked.premise,
+                checked.chapters,
+                checked.genre,
+                status=INITIAL_STATUS,
+                title=title or None,
             )
-            if title:
-                await self._store.update_novel(tid, title=title)
         except BaseException:
             # A thread without its novel would be an orphan no novel endpoint can see.
             await self._runs.delete_thread(owner_id, tid)
@@ -357,10 +351,11 @@ class NovelService:
                 patch.chapters if patch.chapters is not None else current.chapters,
                 genre,
                 patch.pause_after if patch.pause_after is not None else current.pause_after,
+                max_revisions=patch.max_revisions,
             )
             metadata: dict[str, Any] = {"pause_after": list(checked.pause_after)}
-            if patch.max_revisions is not None:
-                metadata["max_revisions"] = _max_revisions(patch.max_revisions)
+            if checked.max_revisions is not None:
+                metadata["max_revisions"] = checked.max_revisions
             await self._store.update_request(
                 tid, premise=checked.premise, chapters=checked.chapters, genre=checked.genre
             )
@@ -411,7 +406,7 @@ class NovelService:
         ):
             raise Conflict(f"novel {tid} is already completed", novel_id=tid)
         gate = gate_of(snapshot)
-        graph_input: Any = None
+        book: BookRequest | None = None
         command: dict[str, Any] | None = None
         if gate is not None:
             if decision is None:
@@ -429,19 +424,18 @@ class NovelService:
             )
         elif not snapshot.values and (not active or multitask_strategy == "interrupt"):
             # Nothing written yet and nothing queued that would write it: start the book.
-            graph_input = _metadata_request(owned.record, owned.thread.metadata).graph_input()
-        return await self._queue(owner_id, tid, graph_input, command, multitask_strategy)
+            book = _stored_book(owned.record, owned.thread.metadata)
+        return await self._queue(owner_id, tid, book, command, multitask_strategy)
 
     async def _queue(
         self,
         owner_id: str,
         thread_id: str,
-        graph_input: Any,
+        book: BookRequest | None,
         command: dict[str, Any] | None,
         multitask_strategy: MultitaskStrategy,
     ) -> RunRecord:
         kwargs = RunKwargs(
-            input=graph_input,
             command=command,
             stream_mode=WRITE_STREAM_MODES,
             # A queued answer must not land on a gate that another run answered meanwhile.
@@ -453,6 +447,7 @@ class NovelService:
             metadata={"novel_id": thread_id, "source": "api/v1/novels"},
             multitask_strategy=multitask_strategy,
             if_not_exists="reject",
+            book=book,
         )
         return await self._runs.create_run(owner_id, thread_id, request)
 

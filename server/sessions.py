@@ -22,7 +22,6 @@ from memory.runs.models import RunKwargs
 from memory.traces.port import Budget
 from nodes.human import parse_chapter_decision, parse_outline_decision
 from nodes.session import BookRequest
-from nodes.state import NovelInput
 from server.backends import Backends
 from server.runs.engine import LOCAL_OWNER, RECURSION_LIMIT
 from server.runs.service import ASSISTANT_ID, Executed, RunRequest, RunService
@@ -110,17 +109,7 @@ class Sessions:
         """Create a session for ``request`` and run it until it ends, pauses or exhausts
         ``budget``."""
         session_id = session_id or self.new_id()
-        await self._b.store.create_novel(
-            session_id, request.premise, request.chapters, request.genre
-        )
-        inputs: NovelInput = {
-            "premise": request.premise,
-            "chapters": request.chapters,
-            "genre": request.genre,
-            "language": request.language,
-            "pause_after": list(request.pause_after),
-        }
-        return await self._execute(session_id, _kwargs(budget, input=dict(inputs)), on_progress)
+        return await self._execute(session_id, _kwargs(budget), on_progress, book=request)
 
     async def gate(self, session_id: str) -> Gate | None:
         """The gate the session waits at, if it is paused."""
@@ -216,7 +205,12 @@ class Sessions:
         return await self._result(thread_id, executed)
 
     async def _execute(
-        self, session_id: str, kwargs: RunKwargs, on_progress: ProgressSink | None
+        self,
+        session_id: str,
+        kwargs: RunKwargs,
+        on_progress: ProgressSink | None,
+        *,
+        book: BookRequest | None = None,
     ) -> RunResult:
         """One run of the session, queued and executed here."""
         request = RunRequest(
@@ -225,6 +219,7 @@ class Sessions:
             metadata={},
             multitask_strategy="reject",
             if_not_exists="create",
+            book=book,
         )
         async with self._service() as runs:
             executed = await runs.execute(LOCAL_OWNER, session_id, request, _progress(on_progress))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from langgraph.runtime import ExecutionInfo, Runtime
 
-from errors import InvalidInput
+from errors import InvalidInput, NotFound
 from nodes.commit import commit_chapter
 from nodes.context import ScribeContext
 from nodes.director import director_beats, director_plan, outline_beats, outline_problems
@@ -23,7 +23,7 @@ from nodes.schemas import (
     StoryPlan,
     WorldBrief,
 )
-from nodes.session import finish, intake
+from nodes.session import finish, intake, validate_request
 from nodes.state import NovelState
 from nodes.worldsmith import worldsmith_seed, worldsmith_update
 from nodes.writer import writer
@@ -47,8 +47,14 @@ class Driver:
         self.thread = str(uuid.uuid4())
         self.runtime = _runtime(backends.context, self.events, self.thread)
         self.state: dict[str, Any] = {"premise": PREMISE, "chapters": chapters}
+        self.store = backends.store
+        self.recorded = False
 
     async def run(self, node: Any) -> dict[str, Any]:
+        if not self.recorded:
+            # What the run service does before it queues a book's first run.
+            await self.store.create_novel(self.thread, PREMISE, self.state["chapters"], None)
+            self.recorded = True
         update: dict[str, Any] = await node(self.as_state(), self.runtime)
         self.state.update(update)
         return update
@@ -64,21 +70,36 @@ async def _through_draft(backends: Backends) -> Driver:
     return d
 
 
-async def test_intake_validates_and_records_the_session(backends: Backends) -> None:
+async def test_intake_opens_the_recorded_session(backends: Backends) -> None:
     d = Driver(backends)
     update = await d.run(intake)
     assert update["novel_id"] == d.thread
     assert update["chapter"] == 1 and update["accepted"] == 0
-    assert (await backends.store.get_novel(d.thread)).premise == PREMISE
-    await d.run(intake)  # a replayed intake is harmless
+    assert update["premise"] == PREMISE and update["language"] == "en"
+    assert await d.run(intake) == update  # a replayed intake is harmless
 
-    bad = Driver(backends)
-    bad.state["chapters"] = 0
+    unrecorded = Driver(backends)
+    unrecorded.recorded = True  # nobody recorded it: the graph was run around the service
+    with pytest.raises(NotFound, match="books start through the run service"):
+        await unrecorded.run(intake)
+
+
+def test_a_book_request_is_validated_at_the_edge() -> None:
     with pytest.raises(InvalidInput, match="chapters"):
-        await bad.run(intake)
-    bad.state.update(chapters=2, pause_after=["prologue"])
+        validate_request(PREMISE, 0)
     with pytest.raises(InvalidInput, match="unknown pause point"):
-        await bad.run(intake)
+        validate_request(PREMISE, 2, pause_after=["prologue"])
+    with pytest.raises(InvalidInput, match="max_revisions"):
+        validate_request(PREMISE, 2, max_revisions=11)
+    book = validate_request(f"  {PREMISE}  ", 2, " fantasy ", max_revisions=0)
+    assert book.graph_input() == {
+        "premise": PREMISE,
+        "chapters": 2,
+        "genre": "fantasy",
+        "language": "en",
+        "pause_after": [],
+        "max_revisions": 0,
+    }
 
 
 async def test_director_plan_outlines_exactly_the_chapters(backends: Backends) -> None:

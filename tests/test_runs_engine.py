@@ -250,20 +250,39 @@ async def test_interrupt_then_resume_with_a_command(open_engine: OpenEngine) -> 
 
 async def test_a_failing_run_reports_its_error(open_embedded: OpenEngine) -> None:
     engine = await open_embedded()
-    await engine.worker()
     thread_id = str(uuid.uuid4())
-    failing = await engine.run(thread_id, input=book(1, max_revisions=-1))
+    failing = await engine.run(thread_id, input=book(1))
+    # The novel's record vanishes before a worker takes the run up: the graph fails.
+    await engine.service.backends.store.delete_novel(thread_id)
+    await engine.worker()
     finished = await engine.join(failing)
     assert finished is not None
     assert finished.status == "error"
-    assert finished.error is not None and "InvalidInput" in finished.error
+    assert finished.error is not None and "NotFound" in finished.error
     assert (await engine.service.get_thread(engine.owner, thread_id)).thread.status == "error"
     events = await engine.events(finished)
     assert [e.event for e in events][-2:] == ["error", "end"]
-    assert _data(events[-2])["error"] == "InvalidInput"
+    assert _data(events[-2])["error"] == "NotFound"
     output = await engine.service.output(engine.owner, thread_id, finished)
-    assert output["__error__"]["error"] == "InvalidInput"
-    assert "max_revisions" in output["__error__"]["message"]
+    assert output["__error__"]["error"] == "NotFound"
+    assert "is not recorded" in output["__error__"]["message"]
+
+
+async def test_a_run_records_its_novel_once_with_the_validated_request(
+    open_embedded: OpenEngine,
+) -> None:
+    engine = await open_embedded()
+    thread_id = str(uuid.uuid4())
+    run = await engine.run(thread_id, input={**book(1), "premise": f"  {PREMISE}  "})
+    assert run.kwargs.input is not None
+    assert run.kwargs.input["premise"] == PREMISE and run.kwargs.input["language"] == "en"
+    novel = await engine.service.backends.store.get_novel(thread_id)
+    assert (novel.premise, novel.chapters, novel.status) == (PREMISE, 1, "paused")
+    with pytest.raises(InvalidInput, match="max_revisions"):
+        await engine.run(str(uuid.uuid4()), input=book(1, max_revisions=-1))
+    with pytest.raises(NotFound):  # no thread, and none created: no novel left behind
+        await engine.run(str(uuid.uuid4()), input=book(1), if_not_exists="reject")
+    assert [n.id for n in await engine.service.backends.store.list_novels()] == [thread_id]
 
 
 async def test_bad_answers_to_a_gate_change_nothing(open_embedded: OpenEngine) -> None:

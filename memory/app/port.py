@@ -97,6 +97,7 @@ class AppStore(ABC):
         genre: str | None,
         *,
         status: NovelStatus = "running",
+        title: str | None = None,
     ) -> NovelRecord:
         """Create a session (``running`` unless told otherwise); Conflict if the id exists."""
 

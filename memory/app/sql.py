@@ -123,6 +123,7 @@ class SqlAppStore(SqlStore, AppStore):
         genre: str | None,
         *,
         status: NovelStatus = "running",
+        title: str | None = None,
     ) -> NovelRecord:
         """Create a session (``running`` unless told otherwise); Conflict if the id is taken."""
         _check_id("novel", novel_id, NOVEL_ID_LENGTH)
@@ -136,7 +137,7 @@ class SqlAppStore(SqlStore, AppStore):
             premise=premise,
             chapters=chapters,
             genre=genre,
-            title=None,
+            title=title,
             status=status,
             error=None,
             created_at=now,

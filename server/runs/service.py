@@ -12,14 +12,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import InvalidUpdateError
 from langgraph.types import StateSnapshot
 
-from errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from errors import Conflict, InvalidInput, NotFound, ScribeError, StoreUnavailable
 from graphs.novel import GRAPH_ID
 from memory.redis import RedisService
 from memory.runs.events import END, EventBus, InProcessEventBus, RedisEventBus, RunEvent
@@ -38,7 +38,7 @@ from memory.runs.models import (
 )
 from memory.runs.store import RunStore, ThreadSort
 from memory.traces.port import ReplaySpec, TracedRun
-from nodes.session import validate_request
+from nodes.session import BookRequest, validate_request
 from nodes.state import NovelInput
 from server.backends import Backends
 from server.runs.engine import EngineOptions, RunEngine
@@ -70,6 +70,9 @@ class RunRequest:
     multitask_strategy: MultitaskStrategy = "enqueue"
     if_not_exists: Literal["create", "reject"] = "reject"
     after_seconds: float = 0.0
+    book: BookRequest | None = None
+    """A book its entry point has validated already (the CLI, the novels API): the run's
+    input, and the novel recorded for the thread if it has none yet."""
 
 
 @dataclass(frozen=True)
@@ -407,18 +410,23 @@ class RunService:
             thread_id=thread_id,
             metadata={"replay_of_run": source.run_id, "replay_of_thread": source.thread_id},
         )
+        # The replay writes the source's book on its own thread: recorded when queued.
+        steps = await self.backends.tracing.replay_steps(source.run_id)
+        first = next((s.input for s in steps if s.input), None)
         kwargs = RunKwargs(input={}, stream_mode=tuple(stream_mode), replay=spec.to_json())
         request = RunRequest(
             assistant_id=ASSISTANT_ID,
             kwargs=kwargs,
             metadata={"replay_of_run": source.run_id},
+            book=None if first is None else self._book(first),
         )
         return view.thread.thread_id, request
 
     # --- runs ---------------------------------------------------------------------------
 
-    def validate(self, kwargs: RunKwargs) -> None:
-        """Check what a run asks for against the graph; InvalidInput names the field."""
+    def validate(self, kwargs: RunKwargs) -> BookRequest | None:
+        """Check what a run asks for against the graph; InvalidInput names the field.
+        An input that asks for a book comes back as the validated request."""
         for mode in kwargs.stream_mode:
             if mode not in STREAM_MODES:
                 raise InvalidInput(
@@ -435,31 +443,32 @@ class RunService:
                 raise InvalidInput(f"{name}: the graph has no node {unknown[0]!r}", field=name)
         if kwargs.input is not None and kwargs.command is not None:
             raise InvalidInput("give either input or command, not both", field="command")
-        if kwargs.input is not None:
-            self._validate_input(kwargs.input)
         if kwargs.command is not None:
             extra = set(kwargs.command) - {"resume", "update", "goto"}
             if extra:
                 raise InvalidInput(
                     f"command.{sorted(extra)[0]} is not a command field", field="command"
                 )
+        return None if kwargs.input is None else self._book(kwargs.input)
 
     @staticmethod
-    def _validate_input(value: Any) -> None:
+    def _book(value: Any) -> BookRequest | None:
         if not isinstance(value, dict):
             raise InvalidInput("input must be an object {premise, chapters, ...}", field="input")
         extra = set(value) - INPUT_KEYS
         if extra:
             key = sorted(extra)[0]
             raise InvalidInput(f"input.{key} is not an input of the novel graph", field="input")
-        if value:
-            validate_request(
-                value.get("premise"),
-                value.get("chapters"),
-                value.get("genre"),
-                value.get("pause_after") or (),
-                value.get("language"),
-            )
+        if not value:
+            return None  # a run that goes on from the thread's state (a replay, a retry)
+        return validate_request(
+            value.get("premise"),
+            value.get("chapters"),
+            value.get("genre"),
+            value.get("pause_after") or (),
+            value.get("language"),
+            value.get("max_revisions"),
+        )
 
     async def create_run(self, owner_id: str, thread_id: str, request: RunRequest) -> RunRecord:
         """Queue a run on the thread (creating the thread with ``if_not_exists="create"``)."""
@@ -557,9 +566,16 @@ class RunService:
         *,
         claimed_by: tuple[str, float] | None = None,
     ) -> RunRecord:
-        """The one way a run is recorded: validated, checked against the thread, its first
-        event published before any worker can emit one."""
-        self.validate(request.kwargs)
+        """The one way a run is recorded: validated, checked against the thread, the
+        novel it asks for recorded, its first event published before any worker can emit
+        one."""
+        checked = self.validate(request.kwargs)
+        book = request.book if request.book is not None else checked
+        if book is not None and request.kwargs.replay is None:
+            # What the graph gets is what was validated: stripped, language detected. (A
+            # replay's graph input is the source's, step by step.)
+            kwargs = replace(request.kwargs, input=dict(book.graph_input()))
+            request = replace(request, kwargs=kwargs)
         tid = normalise_id(thread_id, "thread_id")
         try:
             await self.store.get_thread(tid, owner_id)
@@ -573,11 +589,12 @@ class RunService:
             command = request.kwargs.command
             if command is not None and "resume" in command:
                 check_resume(await self._snapshot(tid), command["resume"])
+        recorded = book is not None and await self._record_novel(tid, book)
         run_id = str(uuid.uuid4())
         # Published before the run exists, so no worker's event can come before it.
         bus = self.engine.bus
-        await bus.publish(run_id, [("metadata", dumps({"run_id": run_id, "attempt": 1}))])
         try:
+            await bus.publish(run_id, [("metadata", dumps({"run_id": run_id, "attempt": 1}))])
             run, stopped = await self.store.create_run(
                 run_id=run_id,
                 thread_id=tid,
@@ -592,10 +609,26 @@ class RunService:
                 claimed_by=claimed_by,
             )
         except BaseException:
-            await bus.delete(run_id)
+            with suppress(ScribeError):
+                await bus.delete(run_id)
+                if recorded:
+                    # A novel without its run would be a book nobody writes.
+                    await self.backends.store.delete_novel(tid)
             raise
         await self._after_stop_requests(stopped)
         return run
+
+    async def _record_novel(self, thread_id: str, book: BookRequest) -> bool:
+        """Record the novel a run asks for, unless the thread has one (the novels API
+        created it, or this is the book's second start); True when recorded here. The
+        one write of a novel's request: the graph reads it, never writes it."""
+        try:
+            await self.backends.store.create_novel(
+                thread_id, book.premise, book.chapters, book.genre, status="paused"
+            )
+        except Conflict:
+            return False
+        return True
 
     async def _after_stop_requests(self, stopped: list[RunRecord]) -> None:
         for other in stopped:

@@ -105,6 +105,11 @@ async def _row(store: RunStore, run: RunRecord) -> RunRecord:
 
 async def test_sigkilled_worker_process(settings: Settings, store: RunStore, spawn: Any) -> None:
     thread_id, owner = str(uuid.uuid4()), str(uuid.uuid4())
+    app = SqlAppStore.from_url(settings.sql_url)
+    await app.setup()
+    # The run goes straight into the queue, so the novel is recorded here as the run
+    # service records it before it queues a book's first run.
+    await app.create_novel(thread_id, PREMISE, 3, None, status="paused")
     run, _ = await store.create_run(
         run_id=str(uuid.uuid4()),
         thread_id=thread_id,
@@ -115,7 +120,6 @@ async def test_sigkilled_worker_process(settings: Settings, store: RunStore, spa
         multitask_strategy="enqueue",
         if_not_exists="create",
     )
-    app = SqlAppStore.from_url(settings.sql_url)
     try:
         first = spawn("first")
         async with asyncio.timeout(120):

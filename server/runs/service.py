@@ -405,20 +405,22 @@ class RunService:
             ),
             from_checkpoint_id=from_checkpoint_id,
         )
+        # The replay writes the source's book on its own thread: recorded when queued,
+        # checked before the thread exists so a refused book leaves no empty thread.
+        steps = await self.backends.tracing.replay_steps(source.run_id)
+        first = next((s.input for s in steps if s.input), None)
+        book = None if first is None else self._book(first)
         view = await self.create_thread(
             owner_id,
             thread_id=thread_id,
             metadata={"replay_of_run": source.run_id, "replay_of_thread": source.thread_id},
         )
-        # The replay writes the source's book on its own thread: recorded when queued.
-        steps = await self.backends.tracing.replay_steps(source.run_id)
-        first = next((s.input for s in steps if s.input), None)
         kwargs = RunKwargs(input={}, stream_mode=tuple(stream_mode), replay=spec.to_json())
         request = RunRequest(
             assistant_id=ASSISTANT_ID,
             kwargs=kwargs,
             metadata={"replay_of_run": source.run_id},
-            book=None if first is None else self._book(first),
+            book=book,
         )
         return view.thread.thread_id, request
 

@@ -9,15 +9,15 @@ import asyncio
 import functools
 import inspect
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self, TypeVar
 
-import asyncpg
-import psycopg
 from sqlalchemy import MetaData, event
 from sqlalchemy.exc import (
+    DBAPIError,
     DisconnectionError,
     IntegrityError,
     InterfaceError,
@@ -77,28 +77,70 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return engine
 
 
-_UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError,  # refused or reset connections, timeouts: drivers raise these unwrapped
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,  # "the database system is starting up"
-    asyncpg.AdminShutdownError,
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    OperationalError,
-    InterfaceError,
-    DisconnectionError,
-    PoolTimeout,
-)
-"""Failures that say the database is out of reach now, not that the request is wrong."""
-_SQL_FAILURES: tuple[type[BaseException], ...] = (SQLAlchemyError, *_UNREACHABLE)
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "disk is full")
+"""SQLite failures that pass (another writer, a full or unplugged disk); the others, such
+as ``no such table``, say the schema or the statement is wrong and will not pass by
+waiting."""
+
+
+@functools.cache
+def _unreachable() -> tuple[type[BaseException], ...]:
+    """Failures that say the database is out of reach now, not that the request is wrong.
+
+    The PostgreSQL drivers are imported here, on the first failure, not with this module:
+    together they take about half a second to import, which the embedded default (SQLite
+    only) need not pay at every start.
+    """
+    import asyncpg
+    import psycopg
+
+    return (
+        OSError,  # refused or reset connections, timeouts: drivers raise these unwrapped
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,  # "the database system is starting up"
+        asyncpg.AdminShutdownError,
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        OperationalError,
+        InterfaceError,
+        DisconnectionError,
+        PoolTimeout,
+    )
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and, for a SQLAlchemy error, the driver error underneath (``orig``) and the
+    one that was raised from (SQLAlchemy's asyncpg dialect translates a driver's error
+    into a generic one raised from it). Other chains are not followed: an error of ours
+    raised from a timeout is not an outage."""
+    causes = [exc]
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
+        causes.append(exc.orig)
+        if exc.orig.__cause__ is not None:
+            causes.append(exc.orig.__cause__)
+    return causes
 
 
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means a store is out of reach for now (so the same work can be
     tried again later), whichever layer raised it: our stores (:class:`StoreUnavailable`)
     or a driver underneath a library, such as LangGraph's checkpointers."""
-    return isinstance(exc, (StoreUnavailable, *_UNREACHABLE))
+    causes = _causes(exc)
+    sqlite = next((c for c in causes if isinstance(c, sqlite3.Error)), None)
+    if sqlite is not None:
+        # SQLAlchemy files every SQLite failure as OperationalError, a missing table too:
+        # the driver's message tells a passing lock from a wrong schema.
+        text = str(sqlite).lower()
+        return isinstance(sqlite, sqlite3.OperationalError) and any(
+            cue in text for cue in _SQLITE_TRANSIENT
+        )
+    return any(
+        isinstance(cause, (StoreUnavailable, *_unreachable()))
+        # the dialect saw the connection drop under the statement
+        or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
+        for cause in causes
+    )
 
 
 @contextmanager
@@ -115,7 +157,9 @@ def sql_errors(store: str, action: str) -> Iterator[None]:
         yield
     except IntegrityError:
         raise
-    except _SQL_FAILURES as exc:
+    except Exception as exc:
+        if not isinstance(exc, (SQLAlchemyError, sqlite3.Error, *_unreachable())):
+            raise
         log.warning("%s: cannot %s: %s", store, action, exc)
         error = StoreUnavailable if unavailable(exc) else StorageError
         raise error(

@@ -20,8 +20,8 @@ from memory.embeddings.port import Embedder
 from memory.world.port import WorldMemory
 from nodes.context import ScribeContext, WritingOptions
 from nodes.schemas import AGENTS
+from server.runs.tracing import RunTracing
 from server.settings import Settings
-from server.tracing import RunTracing
 
 
 @dataclass(frozen=True)

@@ -669,7 +669,7 @@ async def _cmd_trace(args: argparse.Namespace) -> int:
 
     from server.backends import open_backends
     from server.runs.serde import dumps
-    from server.traces import trace_lines
+    from server.trace_export import trace_lines
 
     async with open_backends(settings) as backends:
         lines = trace_lines(backends, run_id)
@@ -699,7 +699,7 @@ async def _cmd_compare(args: argparse.Namespace) -> int:
     _require_store(settings)
 
     from server.backends import open_backends
-    from server.traces import compare_runs, render_comparison
+    from server.trace_export import compare_runs, render_comparison
 
     async with open_backends(settings) as backends:
         for run_id in (run_a, run_b):
@@ -721,8 +721,8 @@ async def _require_run(store: TraceStore, run_id: str) -> TracedRun:
 
 async def _cmd_replay(args: argparse.Namespace) -> int:
     from nodes.schemas import AGENTS
+    from server.runs.tracing import replay_agents
     from server.sessions import parse_run_id
-    from server.tracing import replay_agents
 
     run_id = parse_run_id(args.run)
     recorded: list[str] = [a.strip() for item in args.recorded for a in item.split(",")]

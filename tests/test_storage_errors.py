@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from errors import StorageError
-from memory.db import make_engine, run_to_completion, sql_errors
+from errors import StorageError, StoreUnavailable
+from memory.db import make_engine, run_to_completion, sql_errors, unavailable
 from memory.world.port import EntitySpec, FactSpec, WorldChanges
 from memory.world.sql import SqlWorldMemory
 
@@ -67,6 +67,41 @@ async def test_statement_values_stay_out_of_the_driver_error_too(engine: AsyncEn
     with pytest.raises(IntegrityError) as raised:
         await _execute(engine, "INSERT INTO t (id, v) VALUES (1, :v)", v=SECRET)
     assert SECRET not in str(raised.value)
+
+
+async def test_a_wrong_schema_is_not_an_outage(engine: AsyncEngine) -> None:
+    """A missing table will not appear by waiting: workers must not retry it as if the
+    database were away (StorageError, not StoreUnavailable)."""
+    with pytest.raises(StorageError) as raised:
+        await _wrapped(engine, "SELECT v FROM no_such_table")
+    assert not isinstance(raised.value, StoreUnavailable)
+
+
+async def test_a_locked_database_is_an_outage(tmp_path: Path, engine: AsyncEngine) -> None:
+    """Another process holding SQLite's write lock passes: that is worth waiting for."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
+    holder = sqlite3.connect(tmp_path / "db.sqlite3")
+    holder.execute("BEGIN IMMEDIATE")
+    impatient = make_engine(url)
+    try:
+        async with impatient.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA busy_timeout = 50")
+            with pytest.raises(StoreUnavailable), sql_errors("app database", "save"):
+                await conn.execute(text("INSERT INTO t (id, v) VALUES (2, 'y')"))
+    finally:
+        holder.rollback()
+        holder.close()
+        await impatient.dispose()
+    assert unavailable(sqlite3.OperationalError("database is locked"))
+    assert not unavailable(sqlite3.OperationalError("no such table: runs"))
+    assert unavailable(ConnectionRefusedError("connection refused"))
+    assert not unavailable(ValueError("a bug"))
+    # A driver error translated by SQLAlchemy's asyncpg dialect, raised from the original.
+    translated = RuntimeError("connection was closed in the middle of operation")
+    translated.__cause__ = ConnectionResetError()
+    assert unavailable(DBAPIError("UPDATE t", None, translated))
+    assert unavailable(DBAPIError("UPDATE t", None, Exception(), connection_invalidated=True))
+    assert not unavailable(DBAPIError("UPDATE t", None, Exception("deadlock?")))
 
 
 # --- cancellation ---------------------------------------------------------------------

@@ -31,7 +31,7 @@ from server.backends import Backends, open_backends
 from server.cli import main
 from server.sessions import Sessions, thread_config
 from server.settings import Settings, load_settings
-from server.traces import (
+from server.trace_export import (
     TRACE_LINE_SCHEMA,
     compare_runs,
     render_comparison,

@@ -25,7 +25,7 @@ from memory.runs.models import RunRecord
 from memory.world.port import WorldSnapshot
 from nodes.human import MAX_CHAPTER_CHARS
 from nodes.integrity import numbered
-from nodes.session import MAX_CHAPTERS, MAX_GENRE_CHARS, MAX_PREMISE_CHARS
+from nodes.session import MAX_CHAPTERS, MAX_GENRE_CHARS, MAX_PREMISE_CHARS, MAX_REVISIONS
 from nodes.state import PausePoint
 from server.api.langgraph.shapes import HEARTBEAT, run_location, sse_frame
 from server.deps import CurrentUser, Services
@@ -85,7 +85,7 @@ class NovelCreate(_Request):
     pause_after: list[PausePoint] = Field(
         default_factory=list, description="pause for the author after the outline / chapters"
     )
-    max_revisions: StrictInt | None = Field(default=None, ge=0, le=10)
+    max_revisions: StrictInt | None = Field(default=None, ge=0, le=MAX_REVISIONS)
 
 
 class NovelUpdate(_Request):
@@ -97,7 +97,7 @@ class NovelUpdate(_Request):
     chapters: StrictInt | None = Field(default=None, ge=1, le=MAX_CHAPTERS)
     genre: str | None = Field(default=None, max_length=MAX_GENRE_CHARS)
     pause_after: list[PausePoint] | None = None
-    max_revisions: StrictInt | None = Field(default=None, ge=0, le=10)
+    max_revisions: StrictInt | None = Field(default=None, ge=0, le=MAX_REVISIONS)
 
     @model_validator(mode="after")
     def _no_nulls(self) -> NovelUpdate:

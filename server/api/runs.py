@@ -4,7 +4,7 @@ Evaluators read a run's usage, export it as JSON Lines, replay it on a new threa
 compare two runs. Thin routes: every route first checks through
 :meth:`~server.runs.service.RunService.traced_run` (or the thread registry) that the run
 belongs to one of the caller's threads, before any trace is read; another user's run is a
-404 on every route, never data. The work is done by :mod:`server.traces` and the run
+404 on every route, never data. The work is done by :mod:`server.trace_export` and the run
 service; errors become responses in ``server/errors.py``.
 """
 
@@ -25,7 +25,7 @@ from server.api.langgraph.deps import Runs
 from server.api.langgraph.shapes import run_location
 from server.deps import CurrentUser
 from server.runs.serde import dumps
-from server.traces import compare_runs, trace_lines
+from server.trace_export import compare_runs, trace_lines
 
 runs_router = APIRouter(prefix="/api/v1/runs", tags=["traces"])
 threads_router = APIRouter(prefix="/api/v1/threads", tags=["traces"])
@@ -158,7 +158,7 @@ async def get_run(run_id: str, user: CurrentUser, runs: Runs) -> RunTraceView:
 )
 async def get_trace(run_id: str, user: CurrentUser, runs: Runs) -> StreamingResponse:
     """The run as JSON Lines: a ``run`` line, then ``step`` and ``call`` lines (schema:
-    ``server.traces.TRACE_LINE_SCHEMA``)."""
+    ``server.trace_export.TRACE_LINE_SCHEMA``)."""
     run = await runs.traced_run(user.user_id, run_id)
     lines = aiter(trace_lines(runs.backends, run.run_id))
     # The first line is read before answering, so a failure to read the trace is an

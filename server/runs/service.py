@@ -44,9 +44,9 @@ from server.backends import Backends
 from server.runs.engine import EngineOptions, RunEngine
 from server.runs.gates import check_resume
 from server.runs.serde import dumps, values_with_interrupts
+from server.runs.tracing import live_from_step, replay_agents
 from server.runs.worker import Worker, died_here
 from server.settings import Settings
-from server.tracing import live_from_step, replay_agents
 
 ASSISTANT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, GRAPH_ID))
 """The one assistant's id: LangGraph Server's id for a graph's system assistant."""
@@ -372,7 +372,7 @@ class RunService:
         stream_mode: Sequence[str] = ("values",),
     ) -> RunRecord:
         """Queue a replay of the owner's recorded run on a new thread (see
-        :mod:`server.tracing`); the run record names the new thread."""
+        :mod:`server.runs.tracing`); the run record names the new thread."""
         source = await self.traced_run(owner_id, run_id)
         thread_id, request = await self.replay_request(
             owner_id,

@@ -185,6 +185,10 @@ class Worker:
         self._stopping = False
         self._errors: dict[str, BaseException] = {}
         self._waited: set[str] = set()
+        self._hand_back: set[str] = set()
+        """Runs stopped here because a store was out of reach, to give back to the queue
+        once it answers: an outage is not the run's fault, so it must not cost an attempt
+        (a reclaim after an expired lease counts one, as after a crash)."""
         self.claim_failing_since: float | None = None
         """When claiming runs began to fail (monotonic seconds), while it still fails."""
 
@@ -234,6 +238,7 @@ class Worker:
         while not self._stopping:
             await self._slots.acquire()
             try:
+                await self._give_back()
                 run = await self.engine.store.claim(
                     self.worker_id, options.lease_s, executing=set(self._runs)
                 )
@@ -261,6 +266,13 @@ class Worker:
             task = asyncio.create_task(self._handle(run), name=f"run:{run.run_id}")
             self._runs[run.run_id] = task
             task.add_done_callback(functools.partial(self._done, run.run_id))
+
+    async def _give_back(self) -> None:
+        """Hand the runs an outage stopped back to the queue (see ``_hand_back``); a run
+        another worker took meanwhile is left to it."""
+        for run_id in sorted(self._hand_back - set(self._runs)):
+            await self.engine.store.release(run_id, self.worker_id)
+            self._hand_back.discard(run_id)
 
     def _done(self, run_id: str, _task: asyncio.Task[None]) -> None:
         self._runs.pop(run_id, None)
@@ -413,7 +425,15 @@ class Worker:
             return
         if control.reason == "lost":
             await publisher.close()
-            log.warning("worker %s lost run %s to another worker", self.worker_id, run.run_id)
+            if run.run_id in self._hand_back:
+                log.warning(
+                    "worker %s: run %s stopped, its lease could not be renewed; it resumes "
+                    "once the store answers",
+                    self.worker_id,
+                    run.run_id,
+                )
+            else:
+                log.warning("worker %s lost run %s to another worker", self.worker_id, run.run_id)
             return
         if control.reason == "shutdown":
             await publisher.close()
@@ -439,10 +459,11 @@ class Worker:
             )
             return
         if error is not None and unavailable(error):
-            # A store is out of reach: the run is not at fault. It stays leased to no one
-            # once its lease runs out, and a live worker (this one too) takes it up again
-            # from its last checkpoint; its attempts are bounded like a crash's.
+            # A store is out of reach: the run is not at fault. This worker gives it back
+            # to the queue once the store answers (it keeps its attempts); if this worker
+            # dies first, another takes it up when its lease expires, as after a crash.
             await publisher.close()
+            self._hand_back.add(run.run_id)
             log.warning(
                 "worker %s: run %s stopped, a store is out of reach (%s); it resumes once "
                 "its lease expires",
@@ -623,6 +644,8 @@ class Worker:
                 )
                 if loop.time() - renewed > options.lease_s:
                     # Another worker may own it by now; two on one thread must not run.
+                    if unavailable(exc):
+                        self._hand_back.add(run.run_id)
                     control.stop("lost")
                     return
                 continue

@@ -20,7 +20,10 @@ Mode ``model`` has a real model read the claims from each draft (the reviewer's
 ``chapter_claims`` call, constrained to the schema) on a local ``llama-server``
 (``tests/services/llama.py``; ``--llm-url`` for another OpenAI-compatible endpoint), then
 runs the same rules, and reports per kind how often the extraction kept the claim the
-case turns on. A model call that fails counts as a miss (and as no alarm).
+case turns on, and where the reading lost each missed contradiction (no answer, a part
+of the claims left empty, quotes not in the draft, or claims saying something else).
+``--dump FILE`` writes every case as a JSON line (draft, expected claims, claims read,
+findings) to look into. A model call that fails counts as a miss (and as no alarm).
 
 Prints recall per kind and gap (a contradiction counts as found when a major finding of
 its kind is reported) and the false-alarm rate (look-alikes with any major finding).
@@ -57,7 +60,13 @@ from memory.world.port import (  # noqa: E402
     WorldSnapshot,
 )
 from memory.world.sql import SqlWorldMemory  # noqa: E402
-from nodes.integrity import CONTRADICTION_KINDS, TIMELINE_KEY, Finding, check_claims  # noqa: E402
+from nodes.integrity import (  # noqa: E402
+    CONTRADICTION_KINDS,
+    TIMELINE_KEY,
+    Finding,
+    check_claims,
+    locate,
+)
 from nodes.llm.factory import build_gateway  # noqa: E402
 from nodes.llm.gateway import ModelGateway  # noqa: E402
 from nodes.reviewer import CLAIMS_CONSTRAINTS  # noqa: E402
@@ -892,6 +901,48 @@ class Outcome:
         return all(getattr(self.claims, part) for part in wanted)
 
     @property
+    def loss(self) -> str:
+        """Where a model's reading lost a contradiction the rules would have found with
+        perfect claims: no usable answer, a part of the claims left empty, claims whose
+        quotes are not in the draft, or claims that say something else (another name,
+        place, value, or ``memory`` set on a present event)."""
+        if self.claims is None:
+            return "no answer"
+        text = self.case.draft.text()
+        wanted = [part for part, items in self.case.draft.claims.items() if items]
+        if not all(getattr(self.claims, part) for part in wanted):
+            return "part left empty"
+        quoted = [
+            claim
+            for part in wanted
+            for claim in getattr(self.claims, part)
+            if locate(text, claim.quote) is not None
+        ]
+        if not quoted:
+            return "quote not in draft"
+        return "claim says otherwise"
+
+    def dump(self) -> dict[str, Any]:
+        """The case, the claims read and the findings, as one JSON object."""
+        return {
+            "kind": self.case.kind,
+            "variant": self.case.variant,
+            "gap": self.case.gap,
+            "contradiction": self.case.contradiction,
+            "found": self.found,
+            "false_alarm": self.false_alarm,
+            "draft": self.case.draft.text(),
+            "expected": self.case.draft.chapter_claims().model_dump(exclude_defaults=True),
+            "claims": None
+            if self.claims is None
+            else self.claims.model_dump(exclude_defaults=True),
+            "findings": [
+                {"kind": f.kind, "severity": f.severity, "problem": f.problem, "quote": f.quote}
+                for f in self.findings
+            ],
+        }
+
+    @property
     def majors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "major"]
 
@@ -1003,8 +1054,11 @@ async def run(
             await engine.dispose()
 
 
-def report(outcomes: list[Outcome], gaps: tuple[int, ...]) -> dict[str, Any]:
-    """Recall per kind and gap, false alarms per kind; printed as tables."""
+def report(
+    outcomes: list[Outcome], gaps: tuple[int, ...], *, reader_mode: bool = False
+) -> dict[str, Any]:
+    """Recall per kind and gap, false alarms per kind; printed as tables. With claims
+    read by a model (``reader_mode``), also where the reading lost each missed case."""
     recall: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
     alarms: dict[str, tuple[int, int]] = {}
     for kind in CONTRADICTION_KINDS:
@@ -1038,6 +1092,17 @@ def report(outcomes: list[Outcome], gaps: tuple[int, ...]) -> dict[str, Any]:
     )
     missed = [o for o in outcomes if o.case.contradiction and not o.found]
     noisy = [o for o in outcomes if o.false_alarm]
+    losses: dict[str, dict[str, int]] = {}
+    if reader_mode:
+        for o in missed:
+            row = losses.setdefault(o.case.kind, {})
+            row[o.loss] = row.get(o.loss, 0) + 1
+        causes = ("no answer", "part left empty", "quote not in draft", "claim says otherwise")
+        print("\nwhere the reading lost the missed contradictions")
+        print("kind        " + "".join(f"  {c:>20}" for c in causes))
+        for kind in CONTRADICTION_KINDS:
+            row = losses.get(kind, {})
+            print(f"{kind:<12}" + "".join(f"  {row.get(c, 0):>20}" for c in causes))
     for label, group in (("missed", missed), ("false alarm", noisy)):
         for o in group:
             detail = "; ".join(f"{f.kind}: {f.problem}" for f in o.majors) or "no finding"
@@ -1049,6 +1114,7 @@ def report(outcomes: list[Outcome], gaps: tuple[int, ...]) -> dict[str, Any]:
         "planted": planted_total,
         "false_alarm_count": false_alarms,
         "legit": legit_total,
+        "losses": losses,
     }
 
 
@@ -1089,6 +1155,9 @@ def main() -> None:
         help="only the first N contradictions and N look-alikes of each kind",
     )
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--dump", help="also write each case (draft, expected and read claims, findings) here"
+    )
     args = parser.parse_args()
     default_gaps = "1,5,20" if args.mode == "rules" else "1"
     gaps = tuple(int(g) for g in (args.gaps or default_gaps).split(","))
@@ -1101,10 +1170,13 @@ def main() -> None:
         label = f"model (claims read by {args.model})"
     elapsed = time.perf_counter() - started
     print(f"mode: {label}; {len(outcomes)} cases in {elapsed:.1f} s\n")
-    figures = report(outcomes, gaps)
+    figures = report(outcomes, gaps, reader_mode=args.mode == "model")
     figures["mode"] = args.mode
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
+    if args.dump:
+        lines = (json.dumps(o.dump(), ensure_ascii=False) for o in outcomes)
+        Path(args.dump).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

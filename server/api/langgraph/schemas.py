@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from errors import InvalidInput
 from memory.runs.models import RunKwargs, normalise_id
 from server.runs.service import RunRequest, resolve_assistant
-from server.tracing import budget_of
+from server.runs.tracing import budget_of
 
 CONFIG_KEYS = frozenset({"tags", "recursion_limit", "configurable", "metadata", "run_name"})
 ThreadStatusName = Literal["idle", "busy", "interrupted", "error"]

@@ -13,7 +13,15 @@ from nodes.common import language_of, novel_id_of, progress
 from nodes.consistency import with_findings
 from nodes.context import ScribeContext
 from nodes.integrity import draft_findings
-from nodes.schemas import ChapterBeats, ChapterClaims, ClaimsInput, ReviewInput, Verdict
+from nodes.llm.gateway import ModelGateway
+from nodes.schemas import (
+    CLAIM_PARTS,
+    ChapterBeats,
+    ChapterClaims,
+    ClaimsInput,
+    ReviewInput,
+    Verdict,
+)
 from nodes.state import NovelState, ReviewDecision, VerdictState
 from nodes.world_view import chapter_brief
 
@@ -104,29 +112,55 @@ async def read_claims(
     language: str | None = None,
 ) -> ReadClaims:
     """The reviewer's model's reading of ``text``: what it states that the world can
-    confirm or contradict (one ``chapter_claims`` answer). The same reading of the
-    accepted draft is what the chapter records in world memory.
+    confirm or contradict (one ``chapter_claims`` answer, or its three parts when the
+    reviewer's model is asked for answers in parts). The same reading of the accepted
+    draft is what the chapter records in world memory.
 
     A model that never gives usable claims (its answers are traced) does not stop the
-    book: the chapter is checked by the text rules alone, records nothing in the world,
-    and ``unread`` says so, for the caller to tell the author.
+    book: the chapter is checked by the text rules alone, records nothing in the world
+    (of the parts it could not read), and ``unread`` says so, for the caller to tell the
+    author.
     """
-    try:
-        claims = await ctx.models.structured(
-            "chapter_claims",
-            ClaimsInput(
-                language=language,
-                chapter=chapter,
-                beats=beats,
-                draft=text,
-                world=chapter_brief(snapshot, beats),
-            ),
-            ChapterClaims,
-            constraints=CLAIMS_CONSTRAINTS,
-        )
-    except ModelOutputError as exc:
-        return ReadClaims(ChapterClaims(summary=planned_summary(beats)), exc.message)
-    return ReadClaims(claims)
+    inputs = ClaimsInput(
+        language=language,
+        chapter=chapter,
+        beats=beats,
+        draft=text,
+        world=chapter_brief(snapshot, beats),
+    )
+    return await read_draft(ctx.models, inputs)
+
+
+async def read_draft(models: ModelGateway, inputs: ClaimsInput) -> ReadClaims:
+    """The claims of ``inputs.draft`` as the reviewer's model reads them (see
+    :func:`read_claims`), in one answer or in parts as the gateway says."""
+    beats = inputs.beats
+    if not models.splits("reviewer"):
+        try:
+            claims = await models.structured(
+                "chapter_claims", inputs, ChapterClaims, constraints=CLAIMS_CONSTRAINTS
+            )
+        except ModelOutputError as exc:
+            return ReadClaims(ChapterClaims(summary=planned_summary(beats)), exc.message)
+        return ReadClaims(claims)
+    # One part after the other, not at once: a replay finds each answer by its place in
+    # the node's sequence of calls.
+    read: dict[str, Any] = {}
+    unread: list[str] = []
+    for task, part in CLAIM_PARTS.items():
+        constraints = {
+            path: bound
+            for path, bound in CLAIMS_CONSTRAINTS.items()
+            if path.partition("[")[0] in part.model_fields
+        }
+        try:
+            answer = await models.structured(task, inputs, part, constraints=constraints)
+        except ModelOutputError as exc:
+            unread.append(exc.message)
+            continue
+        read.update({name: getattr(answer, name) for name in part.model_fields})
+    read.setdefault("summary", planned_summary(beats))
+    return ReadClaims(ChapterClaims.model_validate(read), "; ".join(unread) or None)
 
 
 def planned_summary(beats: ChapterBeats) -> str:

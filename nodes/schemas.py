@@ -574,20 +574,48 @@ class ClaimsInput(_Model):
     world: WorldBrief
 
 
-class ChapterClaims(_Model):
-    """Reviewer answer to ``chapter_claims``: every claim the draft makes that the world
-    can confirm or contradict, each quoting the draft."""
+class SceneClaims(_Model):
+    """Reviewer answer to ``chapter_claims_scene``: who is where, who travels, dies or
+    is renamed (the first part of :class:`ChapterClaims`, for models that answer it in
+    parts)."""
 
     summary: str = Field(min_length=1, max_length=800)
     present: list[PresenceClaim] = Field(default_factory=list, max_length=40)
     travel: list[TravelClaim] = Field(default_factory=list, max_length=16)
     deaths: list[DeathClaim] = Field(default_factory=list, max_length=8)
     renames: list[RenameClaim] = Field(default_factory=list, max_length=4)
+
+
+class DetailClaims(_Model):
+    """Reviewer answer to ``chapter_claims_details``: what characters hold, know and are,
+    and when things happen (the second part of :class:`ChapterClaims`)."""
+
     items: list[ItemClaim] = Field(default_factory=list, max_length=16)
     knowledge: list[KnowledgeClaim] = Field(default_factory=list, max_length=16)
     attributes: list[AttributeClaim] = Field(default_factory=list, max_length=24)
     time: list[TimeClaim] = Field(default_factory=list, max_length=16)
+
+
+class ThreadClaims(_Model):
+    """Reviewer answer to ``chapter_claims_threads``: set-ups, new entities and
+    relationships (the third part of :class:`ChapterClaims`)."""
+
     paid_off: list[PayoffClaim] = Field(default_factory=list, max_length=8)
     planted: list[PlantClaim] = Field(default_factory=list, max_length=8)
     new_entities: list[NewEntity] = Field(default_factory=list, max_length=16)
     relationships: list[RelationChange] = Field(default_factory=list, max_length=24)
+
+
+# Bases in reverse: pydantic lays out fields from the last base to the first, and the
+# order is the order a model writes them in (the summary first).
+class ChapterClaims(ThreadClaims, DetailClaims, SceneClaims):
+    """Reviewer answer to ``chapter_claims``: every claim the draft makes that the world
+    can confirm or contradict, each quoting the draft."""
+
+
+CLAIM_PARTS: dict[str, type[_Model]] = {
+    "chapter_claims_scene": SceneClaims,
+    "chapter_claims_details": DetailClaims,
+    "chapter_claims_threads": ThreadClaims,
+}
+"""The tasks that ask for :class:`ChapterClaims` in three smaller answers, in order."""

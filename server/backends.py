@@ -189,6 +189,7 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
             {a: settings.model_for(a) for a in AGENTS},
             settings.retry,
             offline_tokens_per_second=settings.offline_tokens_per_second,
+            split_answers=[a for a in AGENTS if settings.splits_answers(a)],
         ).with_tracing(sink=recorder)
         context = ScribeContext(
             models=models,

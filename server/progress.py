@@ -13,7 +13,7 @@ _LABELS = {
     "seeded": "world built",
     "beats": "planning beats",
     "beats_from_outline": "planned from the outline (the model gave no usable plan)",
-    "claims_unread": "checked by the text rules only (the model gave no usable claims)",
+    "claims_unread": "checked by the text rules only where the model gave no usable claims",
     "drafting": "drafting",
     "drafted": "draft written",
     "reviewing": "reviewing",

@@ -72,6 +72,7 @@ class AgentModelSettings(BaseModel):
     max_tokens: int | None = Field(default=None, ge=16, le=200_000)
     structured_output: StructuredSetting | None = None
     context_window: int | None = Field(default=None, ge=512, le=10_000_000)
+    split_answers: bool | None = None
     extra_body: ExtraBody | None = None
 
 
@@ -160,6 +161,10 @@ class Settings(BaseSettings):
     ``json_schema`` elsewhere)."""
     context_window: int | None = Field(default=None, ge=512, le=10_000_000)
     """The model's context window in tokens; prompts are cut to fit it. Unset: no limit."""
+    split_answers: bool = False
+    """Ask for the largest structured answers (a chapter's claims: 13 lists) in three
+    smaller calls. Small local models (up to a few billion parameters) fill short schemas
+    far better; large models do not need it. Per agent: ``SCRIBE_REVIEWER__SPLIT_ANSWERS``."""
     model_seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     """Sampling seed for every model request, where the endpoint honours one."""
     extra_body: ExtraBody = Field(default_factory=dict)
@@ -264,6 +269,11 @@ class Settings(BaseSettings):
             seed=self.model_seed,
             extra_body=own.extra_body if own.extra_body is not None else self.extra_body,
         )
+
+    def splits_answers(self, agent: Agent) -> bool:
+        """Whether ``agent`` is asked for its largest answers in parts (``split_answers``)."""
+        own = self.agent_settings(agent).split_answers
+        return own if own is not None else self.split_answers
 
     @property
     def retry(self) -> RetryPolicy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -20,10 +21,11 @@ from nodes.llm.config import RetryPolicy
 from nodes.llm.gateway import ModelGateway
 from nodes.llm.offline import OfflineChatModel
 from nodes.llm.tasks import parse_request
-from nodes.schemas import AGENTS
+from nodes.schemas import AGENTS, CLAIM_PARTS
 from nodes.session import validate_request
-from server.backends import Backends
+from server.backends import Backends, open_backends
 from server.sessions import Sessions, thread_config
+from server.settings import load_settings
 
 PREMISE = "A lighthouse keeper named Ada Quill finds a brass key that opens a door under the sea."
 
@@ -197,13 +199,16 @@ class _UnreachableWriter(OfflineChatModel):
 
 
 class _ClaimlessReviewer(OfflineChatModel):
-    """A reviewer model that answers every request for claims with a loop of prose."""
+    """A reviewer model that answers every request for claims (of the tasks in
+    ``unreadable``) with a loop of prose."""
+
+    unreadable: tuple[str, ...] = ("chapter_claims",)
 
     async def _astream(
         self, messages: list[BaseMessage], *args: Any, **kwargs: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
         parsed = parse_request(messages)
-        if parsed is not None and parsed.task == "chapter_claims":
+        if parsed is not None and parsed.task in self.unreadable:
             for _ in range(3):
                 yield ChatGenerationChunk(message=AIMessageChunk(content="The claims are many. "))
             return
@@ -297,3 +302,61 @@ async def test_accept_a_deliberate_change_at_the_chapter_gate(backends: Backends
         n: (await world.world_as_of(sid, n)).attributes(returned).get("status") for n in (1, 2)
     }
     assert status == {1: "dead", 2: "alive"}
+
+
+async def test_claims_read_in_parts_add_up_to_the_one_call_reading(tmp_path: Path) -> None:
+    """A reviewer asked for its answers in parts (``SCRIBE_SPLIT_ANSWERS``, for small
+    models) reads a draft's claims in three calls; they add up to the one-call reading,
+    so the same findings are reported and the same facts recorded."""
+    read: dict[bool, dict[str, Any]] = {}
+    for split in (False, True):
+        settings = load_settings(
+            data_dir=tmp_path / f"split-{split}", words_per_chapter=300, split_answers=split
+        )
+        async with open_backends(settings) as backends:
+            result = await Sessions(backends).start(validate_request(PREMISE, 2))
+            assert result.status == "completed"
+            sid = result.session_id
+            tasks = [
+                call.task
+                for run in await backends.tracing.store.thread_runs(sid)
+                for call in await backends.tracing.store.calls(run.run_id)
+                if call.agent == "reviewer"
+            ]
+            versions = [v for n in (1, 2) for v in await backends.store.list_versions(sid, n)]
+            world = await backends.context.world.world_as_of(sid, 3)
+            read[split] = {
+                "claims": [v.claims for v in versions],
+                "findings": [v.findings for v in versions],
+                "facts": sorted(
+                    (f.subject, f.predicate, f.value or "", f.object or "", f.source_chapter)
+                    for f in world.facts
+                ),
+            }
+        parts = [t for t in tasks if t.startswith("chapter_claims_")]
+        if split:
+            assert "chapter_claims" not in tasks
+            assert parts == list(CLAIM_PARTS) * (len(parts) // 3) and parts, tasks
+        else:
+            assert not parts and "chapter_claims" in tasks
+    assert read[True]["claims"] and all(read[True]["claims"])
+    assert read[True] == read[False]
+
+
+async def test_a_part_of_the_claims_unread_keeps_the_other_parts(backends: Backends) -> None:
+    """Read in parts, a part the model cannot answer is reported and left out; what the
+    other parts read is still checked and recorded."""
+    healthy = backends.context.models
+    reviewer = _ClaimlessReviewer(unreadable=("chapter_claims_details",))
+    models = {a: healthy.model_for(a) for a in AGENTS} | {"reviewer": reviewer}
+    gateway = ModelGateway(models, sleep=_no_wait, split_answers=["reviewer"])
+    partial = replace(backends, context=replace(backends.context, models=gateway))
+    events: list[dict[str, Any]] = []
+    result = await Sessions(partial).start(validate_request(PREMISE, 2), events.append)
+    assert result.status == "completed"
+    unread = [e for e in events if e["step"] == "claims_unread"]
+    assert unread and all("chapter_claims_details" in e["error"] for e in unread), unread
+    snapshot = await backends.context.world.world_as_of(result.session_id, 3)
+    assert {f.source_chapter for f in snapshot.facts} > {0}, "the readable parts are recorded"
+    for version in await backends.store.list_versions(result.session_id, 1):
+        assert version.claims and version.claims["present"] and not version.claims["items"]

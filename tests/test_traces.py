@@ -413,6 +413,21 @@ async def test_a_replay_needing_an_unrecorded_call_names_the_agent_and_call(
         assert reviews[0].structured is not None and reviews[0].replayed_from is None
 
 
+async def test_a_replay_with_claims_read_otherwise_says_the_settings_differ(
+    cli_book: Book,
+) -> None:
+    """Recorded with the claims read in one call, replayed with them read in parts: the
+    recorded answer of another task is not passed off as this one's."""
+    split = _settings(cli_book.data, split_answers=True)
+    async with open_backends(split) as backends:
+        with pytest.raises(ReplayMissing) as raised:
+            await Sessions(backends).replay(cli_book.run_id, session_id=Sessions.new_id())
+    error = raised.value
+    assert error.agent == "reviewer" and error.data["chapter"] == 1
+    assert "chapter_claims_scene" in error.message and "asked chapter_claims" in error.message
+    assert "SCRIBE_SPLIT_ANSWERS" in error.message
+
+
 async def test_a_replay_cut_off_mid_book_goes_on_with_resume(cli_book: Book) -> None:
     """A CLI replay stopped mid-book (Ctrl-C, a crash) is the same queued run as an API
     replay: ``resume`` finishes it from its last checkpoint and replay step."""

@@ -12,7 +12,7 @@ structured call (``model.bind(...)``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
 from errors import ConfigurationError
@@ -87,8 +87,11 @@ def build_gateway(
     retry: RetryPolicy,
     *,
     offline_tokens_per_second: float | None = None,
+    split_answers: Collection[Agent] = (),
 ) -> ModelGateway:
-    """A gateway serving all four agents; an agent without a config gets the offline model."""
+    """A gateway serving all four agents; an agent without a config gets the offline model.
+    ``split_answers``: the agents asked for their largest answers in parts
+    (:meth:`ModelGateway.splits`), whatever model serves them."""
     models: dict[Agent, BaseChatModel] = {}
     for agent in AGENTS:
         try:
@@ -106,4 +109,6 @@ def build_gateway(
         modes[agent] = resolve_mode(config.structured_output, config.base_url)
         if config.context_window is not None:
             windows[agent] = config.context_window
-    return ModelGateway(models, retry=retry, modes=modes, context_windows=windows)
+    return ModelGateway(
+        models, retry=retry, modes=modes, context_windows=windows, split_answers=split_answers
+    )

@@ -31,7 +31,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -209,6 +209,7 @@ class ModelGateway:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         modes: Mapping[Agent, StructuredMode] | None = None,
         context_windows: Mapping[Agent, int] | None = None,
+        split_answers: Collection[Agent] = (),
         sink: CallSink | None = None,
         router: CallRouter | None = None,
         _refused: dict[Agent, StructuredMode] | None = None,
@@ -218,6 +219,7 @@ class ModelGateway:
         self._sleep = sleep
         self._modes: dict[Agent, StructuredMode] = dict(modes or {})
         self._windows: dict[Agent, int] = dict(context_windows or {})
+        self._split: frozenset[Agent] = frozenset(split_answers)
         self._sink = sink
         self._router = router
         # Shared with every copy made by with_tracing: a mode an endpoint refused once is
@@ -235,6 +237,7 @@ class ModelGateway:
             sleep=self._sleep,
             modes=self._modes,
             context_windows=self._windows,
+            split_answers=self._split,
             sink=sink if sink is not None else self._sink,
             router=router if router is not None else self._router,
             _refused=self._refused,
@@ -254,6 +257,12 @@ class ModelGateway:
     def describe(self) -> dict[str, str]:
         """A human label per agent, e.g. ``"gpt-4o-mini @ https://api.openai.com/v1"``."""
         return {agent: model_label(model) for agent, model in self._ordered()}
+
+    def splits(self, agent: Agent) -> bool:
+        """Whether ``agent``'s model is asked for its largest answers (a chapter's claims)
+        in smaller parts: a small model fills a few short lists where it leaves a long
+        schema mostly empty."""
+        return agent in self._split
 
     def mode_for(self, agent: Agent) -> StructuredMode:
         """The structured-output mode ``agent``'s calls use now (after any step-down)."""

@@ -100,6 +100,20 @@ def _chapter_claims(inputs: BaseModel) -> BaseModel | str:
     return chapter_claims(inputs)
 
 
+def _claims_part(
+    task: str, read: Callable[[schemas.ClaimsInput], schemas.ChapterClaims]
+) -> Callable[[BaseModel], BaseModel | str]:
+    """A part of the claims (``schemas.CLAIM_PARTS``): the whole reading, cut to the
+    part's fields, so the parts of one draft add up to the one-call answer."""
+    part = schemas.CLAIM_PARTS[task]
+
+    def generate(inputs: BaseModel) -> BaseModel | str:
+        assert isinstance(inputs, schemas.ClaimsInput)
+        return part.model_validate(read(inputs).model_dump(include=set(part.model_fields)))
+
+    return generate
+
+
 GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
     "story_plan": _story_plan,
     "world_places": _world_places,
@@ -108,6 +122,7 @@ GENERATORS: dict[str, Callable[[BaseModel], BaseModel | str]] = {
     "chapter_beats": _chapter_beats,
     "chapter_draft": _chapter_draft,
     "chapter_claims": _chapter_claims,
+    **{task: _claims_part(task, chapter_claims) for task in schemas.CLAIM_PARTS},
     "chapter_review": _chapter_review,
 }
 
@@ -117,6 +132,7 @@ ZH_GENERATORS: dict[str, Callable[[Any], BaseModel | str]] = {
     "chapter_beats": offline_zh.chapter_beats,
     "chapter_draft": offline_zh.chapter_draft,
     "chapter_claims": offline_zh.chapter_claims,
+    **{task: _claims_part(task, offline_zh.chapter_claims) for task in schemas.CLAIM_PARTS},
     "chapter_review": offline_zh.chapter_review,
 }
 """The same tasks answered in Chinese, for books whose language is ``zh`` (the world

@@ -29,6 +29,7 @@ from typing_extensions import override
 from errors import ReplayMissing
 from memory.traces.port import ModelCall
 from nodes.llm.offline import chunks_of
+from nodes.llm.tasks import parse_request
 from nodes.llm.trace import CallKey, CallPlace, current_call
 
 REPLAY_LLM_TYPE = "replay"
@@ -91,8 +92,25 @@ class ReplayChatModel(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "source_run_id": self.answers.source_run_id}
 
-    def _take(self) -> ModelCall:
-        return self.answers.take(current_call())
+    def _take(self, messages: list[BaseMessage]) -> ModelCall:
+        """The recorded answer for the call in flight, if the recording asked the same
+        task there: a run recorded with other settings (claims read in parts, say) asks
+        different tasks, and another task's answer must not pass for this one's."""
+        call = self.answers.take(current_call())
+        asked = parse_request(messages)
+        if asked is not None and asked.task != call.task:
+            raise ReplayMissing(
+                f"replay asks {call.agent} for {asked.task} at chapter {call.chapter} "
+                f"(node {call.node}, call #{call.index}), where run "
+                f"{self.answers.source_run_id} asked {call.task}: it was recorded with other "
+                "settings (such as SCRIBE_SPLIT_ANSWERS); replay it with the same",
+                agent=call.agent,
+                node=call.node,
+                chapter=call.chapter,
+                call_index=call.index,
+                source_run_id=self.answers.source_run_id,
+            )
+        return call
 
     @staticmethod
     def _usage(call: ModelCall) -> UsageMetadata:
@@ -114,7 +132,7 @@ class ReplayChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         """The recorded answer in one piece."""
-        call = self._take()
+        call = self._take(messages)
         message = AIMessage(
             content=call.answer,
             usage_metadata=self._usage(call),
@@ -146,7 +164,7 @@ class ReplayChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         """The recorded answer, word by word."""
-        yield from self._chunks(self._take())
+        yield from self._chunks(self._take(messages))
 
     @override
     async def _astream(
@@ -157,7 +175,7 @@ class ReplayChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """The recorded answer, word by word (so ``messages`` streams still see tokens)."""
-        for chunk in self._chunks(self._take()):
+        for chunk in self._chunks(self._take(messages)):
             yield chunk
 
 

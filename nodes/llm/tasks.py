@@ -117,6 +117,10 @@ TASKS: dict[str, TaskSpec] = {
             _BRIEF_TRIMS,
             answer_tokens=1600,
         ),
+        *(
+            TaskSpec(task, "reviewer", schemas.ClaimsInput, part, _BRIEF_TRIMS, answer_tokens=900)
+            for task, part in schemas.CLAIM_PARTS.items()
+        ),
         TaskSpec("chapter_review", "reviewer", schemas.ReviewInput, schemas.Verdict, _BRIEF_TRIMS),
     )
 }

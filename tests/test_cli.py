@@ -210,6 +210,9 @@ def _write_until_chapter_one(tmp_path: Path, chapters: int) -> Writing:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background of a shell inherits SIGINT ignored, and so
+        # would the CLI: give it the default a user's terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     session_id = proc.stdout.readline().strip() if proc.stdout else ""
     deadline = time.monotonic() + 120
